@@ -1,0 +1,5 @@
+import sys
+
+from dcn_lessons.course import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""Small, bundled data the lessons use: photos from scikit-image, digits from scikit-learn.
+
+Nothing here downloads anything: scikit-image ships a few photos inside the package and
+scikit-learn ships the 8x8 handwritten digits. Larger, generated data sets live under
+``datasets/`` (see the recipes there).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: The photos that scikit-image ships inside its wheel (no download).
+PHOTOS = ("camera", "astronaut", "chelsea", "coffee", "rocket")
+
+#: Default on-disk root for generated data sets (``datasets/`` at the repository root),
+#: overridable with the environment variable ``DCN_LESSONS_DATA``.
+def data_root() -> Path:
+    import os
+
+    env = os.environ.get("DCN_LESSONS_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "datasets"
+
+
+def photo(name: str = "camera", size: int | None = 128, gray: bool = True) -> np.ndarray:
+    """A bundled scikit-image photo as float64 in [0, 1].
+
+    Args:
+        name: one of :data:`PHOTOS`.
+        size: the shorter side after down-sampling by block averaging (``None`` keeps the original).
+        gray: convert RGB to luminance (ITU-R BT.601 weights).
+
+    Returns:
+        ``[H, W]`` when ``gray`` else ``[H, W, 3]``, float64 in [0, 1].
+    """
+    if name not in PHOTOS:
+        raise ValueError(f"name: expected one of {PHOTOS}, got {name!r}")
+    if size is not None and (not isinstance(size, int) or size < 8):
+        raise ValueError(f"size: expected an int >= 8 or None, got {size!r}")
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)(), dtype=np.float64) / 255.0
+    if gray and img.ndim == 3:
+        img = img[..., :3] @ np.array([0.299, 0.587, 0.114])
+    if size is not None:
+        factor = max(1, min(img.shape[:2]) // size)
+        h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
+        img = img[:h, :w]
+        img = img.reshape(h // factor, factor, w // factor, factor, *img.shape[2:]).mean(axis=(1, 3))
+    return img
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits: images ``[1797, 8, 8]`` in [0, 1] and labels ``[1797]``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float64) / 16.0, d.target.astype(np.int64)

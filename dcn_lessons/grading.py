@@ -1,0 +1,262 @@
+"""Student notebooks and grading, on top of otter-grader.
+
+The master notebooks in ``notebooks/`` are the one source of truth: they hold the lessons, the
+exercises *with* solutions, and the tests, in otter-grader's "Otter Assign" format (raw cells
+``# BEGIN QUESTION`` / ``# BEGIN SOLUTION`` / ``# BEGIN TESTS``). From them:
+
+* :func:`build` runs ``otter assign`` and keeps two things per lesson: the student notebook
+  (solutions replaced by ``...``, a ``grader.check("q1")`` cell under each exercise) and the
+  autograder zip (the tests the instructor grades with, which a student cannot edit).
+* :func:`grade` grades a folder of submitted notebooks with ``otter run``, one submission per
+  process, each in a fresh directory with a time limit, and writes a CSV of scores per exercise.
+
+Isolation, and its limits: every submission's bytes (and the autograder's) are read into memory
+before any submission runs, and written fresh into the submission's own temporary directory just
+before it runs, so a submission that deletes files cannot change another's grade; a submission
+that loops forever is killed with its whole process group at the time limit; one that kills its
+kernel, raises, or calls ``sys.exit`` is graded on what still ran. The tests come from the
+autograder zip, and they load their checks from the package files anew (see
+:func:`dcn_lessons.exercises.load`), so editing a notebook's embedded tests, redefining
+``grader.check`` or a check's name, or patching ``dcn_lessons.exercises`` earns nothing. Code that
+runs in the same interpreter as the tests can always patch what the tests themselves call (NumPy,
+say): for high-stakes grading run this inside a container per submission.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+#: Where ``build`` writes by default: ``build/course/<lesson>/{student/<lesson>.ipynb, autograder.zip}``.
+BUILD = REPO / "build" / "course"
+
+
+class GradingError(Exception):
+    """Bad input to the course tools; the message is meant for the user, without a traceback."""
+
+
+# -- reading notebooks --------------------------------------------------------------------------
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """Read and validate a notebook, or raise :class:`GradingError` saying what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise GradingError(f"{path}: no such file")
+    if path.suffix != ".ipynb":
+        raise GradingError(f"{path}: expected a .ipynb notebook")
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+    except Exception as e:  # json errors, schema errors, encoding errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GradingError(f"{path}: not a valid notebook ({type(e).__name__}: {first[:200]})") from None
+    return nb
+
+
+def is_master(nb: nbformat.NotebookNode) -> bool:
+    """True when a notebook holds otter exercises (a raw ``# ASSIGNMENT CONFIG`` cell)."""
+    return any(c.cell_type == "raw" and c.source.lstrip().startswith("# ASSIGNMENT CONFIG") for c in nb.cells)
+
+
+def lessons(notebooks: Path = NOTEBOOKS) -> list[Path]:
+    """The master notebooks that carry exercises, in lesson order."""
+    return [p for p in sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb")) if is_master(read_notebook(p))]
+
+
+# -- building student notebooks -----------------------------------------------------------------
+@dataclass
+class Built:
+    """What ``otter assign`` made of one master notebook."""
+
+    lesson: str
+    student: Path  #: solutions removed, a ``grader.check`` cell under each exercise
+    solution: Path  #: the master as a submission: solutions kept, tests hidden (full marks)
+    autograder: Path  #: the zip of tests the instructor grades with
+
+
+def build(master: Path, out: Path = BUILD) -> Built:
+    """Run ``otter assign`` on one master notebook; keep its student notebook and autograder zip.
+
+    Writes ``out/<lesson>/student/<lesson>.ipynb``, ``out/<lesson>/solution/<lesson>.ipynb`` and
+    ``out/<lesson>/autograder.zip``, replacing
+    an earlier build only once the new one is complete (nothing half-written is left behind).
+    """
+    master = Path(master)
+    nb = read_notebook(master)
+    if not is_master(nb):
+        raise GradingError(f"{master}: has no exercises (no raw '# ASSIGNMENT CONFIG' cell)")
+    lesson = master.stem
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        dist = Path(tmp) / "dist"
+        proc = subprocess.run(
+            [sys.executable, "-m", "otter", "assign", "--no-run-tests", "--no-pdfs", str(master.resolve()), str(dist)],
+            cwd=master.resolve().parent,
+            capture_output=True,
+            text=True,
+        )
+        zips = sorted((dist / "autograder").glob("*.zip")) if proc.returncode == 0 else []
+        student = dist / "student" / master.name
+        solution = dist / "autograder" / master.name
+        if proc.returncode != 0 or not zips or not student.is_file() or not solution.is_file():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+            raise GradingError(f"{master}: otter assign failed:\n{tail}")
+        staged = Path(tmp) / lesson
+        for kind, src in (("student", student), ("solution", solution)):
+            (staged / kind).mkdir(parents=True)
+            shutil.copy2(src, staged / kind / master.name)
+        shutil.copy2(zips[-1], staged / "autograder.zip")
+        final = out / lesson
+        if final.exists():
+            shutil.rmtree(final)
+        staged.rename(final)
+    return Built(lesson, final / "student" / master.name, final / "solution" / master.name, final / "autograder.zip")
+
+
+def install_student_notebooks(target: Path, force: bool = False, notebooks: Path = NOTEBOOKS, out: Path = BUILD) -> list[Path]:
+    """Build every lesson and copy its student notebook into ``target``.
+
+    A student notebook that already exists there is the learner's work: it is kept unless
+    ``force`` is given (then the old one is first renamed ``*.ipynb.bak``).
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for master in lessons(notebooks):
+        dest = target / master.name
+        if dest.exists() and not force:
+            continue
+        built = build(master, out)
+        if dest.exists():
+            dest.replace(dest.with_name(dest.name + ".bak"))
+        shutil.copy2(built.student, dest)
+        written.append(dest)
+    return written
+
+
+# -- grading ------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    submission: str
+    status: str  # "graded", "timeout", "crashed", "invalid"
+    scores: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.scores.values()))
+
+
+def questions(autograder: Path) -> dict[str, float]:
+    """Question names and their points, read from the tests inside an autograder zip."""
+    try:
+        with zipfile.ZipFile(autograder) as z:
+            names = sorted(n for n in z.namelist() if n.startswith("tests/") and n.endswith(".py"))
+            out: dict[str, float] = {}
+            for n in names:
+                scope: dict = {}
+                exec(compile(z.read(n).decode(), n, "exec"), scope)  # otter's OK-format test dicts
+                test = scope["test"]
+                out[test["name"]] = float(test.get("points") or 0.0)
+    except (OSError, zipfile.BadZipFile, KeyError, SyntaxError) as e:
+        raise GradingError(f"{autograder}: not an otter autograder zip ({type(e).__name__}: {e})") from None
+    if not out:
+        raise GradingError(f"{autograder}: holds no tests")
+    return out
+
+
+def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dict[str, str]) -> Result:
+    with tempfile.TemporaryDirectory(prefix="dcn-grade-") as tmp:
+        work = Path(tmp)
+        (work / "autograder.zip").write_bytes(autograder)
+        sub = work / "submission" / name
+        sub.parent.mkdir()
+        sub.write_bytes(data)
+        (work / "out").mkdir()
+        cmd = [sys.executable, "-m", "otter", "run", "--no-logo", "-a", str(work / "autograder.zip"), "-o", str(work / "out"), str(sub)]
+        proc = subprocess.Popen(cmd, cwd=sub.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return Result(name, "timeout", message=f"stopped after {timeout:g} s")
+        finally:
+            try:  # the kernel and anything else the submission started
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        results = work / "out" / "results.json"
+        if proc.returncode != 0 or not results.is_file():
+            lines = output.decode(errors="replace").strip().splitlines()
+            reason = lines[-1][:200] if lines else f"exit code {proc.returncode}"
+            return Result(name, "crashed", message=reason)
+        tests = json.loads(results.read_text()).get("tests", [])
+        scores = {t["name"]: float(t["score"]) for t in tests if t.get("score") is not None and "max_score" in t}
+        return Result(name, "graded", scores)
+
+
+def grade(
+    autograder: Path, submissions: list[Path], timeout: float = 300.0, fast: bool = True, jobs: int = 1, log=None
+) -> list[Result]:
+    """Grade each submission with ``otter run`` in its own process and directory (see module doc).
+
+    ``jobs`` submissions run at once (each still in its own process group with its own time
+    limit); results come back in the order of ``submissions``.
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise GradingError(f"jobs: expected an integer >= 1, got {jobs!r}")
+    autograder = Path(autograder)
+    if not autograder.is_file():
+        raise GradingError(f"{autograder}: no such autograder zip")
+    qs = questions(autograder)
+    ag_bytes = autograder.read_bytes()
+    staged: list[tuple[str, bytes | None, str]] = []
+    for p in submissions:  # read everything before anything runs
+        try:
+            read_notebook(p)
+            staged.append((Path(p).name, Path(p).read_bytes(), ""))
+        except GradingError as e:
+            staged.append((Path(p).name, None, str(e)))
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0")
+    env["DCN_LESSONS_FAST"] = "1" if fast else "0"
+
+    def one(item: tuple[str, bytes | None, str]) -> Result:
+        name, data, error = item
+        start = time.monotonic()
+        r = Result(name, "invalid", message=error) if data is None else _run_one(name, data, ag_bytes, timeout, env)
+        r.scores = {q: r.scores.get(q, 0.0) for q in qs}
+        if log:
+            log(f"{name}: {r.status} {r.total:g}/{sum(qs.values()):g} ({time.monotonic() - start:.0f} s){' - ' + r.message if r.message else ''}")
+        return r
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, staged))
+
+
+def write_csv(results: list[Result], autograder: Path, path: Path) -> None:
+    """Write one row per submission (scores per exercise, total, status); atomically."""
+    qs = questions(autograder)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["submission", *qs, "total", "max_total", "status", "message"])
+        for r in results:
+            w.writerow([r.submission, *(f"{r.scores[q]:g}" for q in qs), f"{r.total:g}", f"{sum(qs.values()):g}", r.status, r.message])
+    tmp.replace(path)
