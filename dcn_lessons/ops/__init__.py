@@ -1,0 +1,31 @@
+"""PyTorch tier: operators with hand-written backward, and layers (like ``torchvision.ops``).
+
+Functional operators take and return tensors with the shapes their docstrings state; modules
+wrap them (``DeformConv2d`` is torchvision-compatible; the ``*Pack`` layers own their offset
+branch). On CUDA tensors the CuPy kernels of :mod:`dcn_lessons.cuda` are used when available.
+"""
+from dcn_lessons.ops.roi import (
+    boxes_to_rois,
+    deform_ps_roi_pool,
+    deform_roi_pool,
+    modulated_deform_roi_pool,
+    ps_roi_align,
+    roi_align,
+    roi_pool,
+)
+from dcn_lessons.ops.roi_layers import DeformPSRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, RoIAlign, RoIPool
+
+__all__ = [
+    "DeformPSRoIPool",
+    "DeformRoIPoolPack",
+    "ModulatedDeformRoIPoolPack",
+    "RoIAlign",
+    "RoIPool",
+    "boxes_to_rois",
+    "deform_ps_roi_pool",
+    "deform_roi_pool",
+    "modulated_deform_roi_pool",
+    "ps_roi_align",
+    "roi_align",
+    "roi_pool",
+]
