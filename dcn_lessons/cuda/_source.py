@@ -1,0 +1,103 @@
+"""Where the kernel source lives, how it is assembled, and the signature of every kernel.
+
+The kernels sit in ``kernels/`` at the repository root, next to the ``dcn_lessons`` package (installed
+editable), or wherever the environment variable ``DCN_LESSONS_KERNELS`` points. :func:`kernel_source` inlines
+the local ``#include "..."`` files once each, so one string holds everything: CuPy's compile cache (keyed on
+the source text) and the emulator's cache (a hash of the text) both notice any edit of any file.
+
+:data:`SIGNATURES` is the single description of every kernel's parameters. ``T`` stands for the template's
+element type (float or double). The CuPy glue uses it to convert scalars to the exact C type (CuPy would
+otherwise pass a Python float as a double), the emulator to generate its launchers.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["kernels_dir", "kernel_source", "SIGNATURES", "KERNEL_FILES", "name_expression", "c_type"]
+
+#: The kernel files the backend loads, in order.
+KERNEL_FILES: tuple[str, ...] = ("deform_conv.cu", "roi_pool.cu")
+
+_CONV = ["int64"] * 14  # C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, G
+_ROI = ["int64"] * 6 + ["T", "int64", "T", "int32"]  # C_in, H, W, C_out, ph, pw, scale, ratio, gamma, ps
+
+#: kernel template name -> parameter types ("T*" pointer, "T" scalar of the element type, "int32", "int64").
+SIGNATURES: dict[str, list[str]] = {
+    "deform_im2col_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "T*"] + _CONV,
+    "deform_im2col_grouped_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "T*"] + _CONV,
+    "deform_col2im_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "T*"] + _CONV,
+    "deform_col2im_coord_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "T*", "T*",
+                                   "int32"] + _CONV,
+    "deform_col2im_fused_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "T*", "T*",
+                                   "T*", "int32"] + _CONV,
+    "roi_pool_forward_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "const T*", "int32", "T*"]
+    + _ROI,
+    "roi_pool_backward_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "const T*",
+                                 "int32", "T*", "T*", "int32", "T*", "int32"] + _ROI,
+}
+
+_C_TYPES = {"int32": "int", "int64": "long long"}
+
+
+def c_type(spec: str, element: str) -> str:
+    """The C type of a :data:`SIGNATURES` entry for element type ``element`` ("float" or "double")."""
+    base = spec.replace("const ", "").rstrip("*").strip()
+    ctype = element if base == "T" else _C_TYPES[base]
+    return ("const " if spec.startswith("const ") else "") + ctype + ("*" if spec.endswith("*") else "")
+
+
+def name_expression(kernel: str, element: str) -> str:
+    """CuPy name expression of one instantiation, e.g. ``deform_im2col_kernel<float>``."""
+    return f"{kernel}<{element}>"
+
+
+def kernels_dir() -> Path:
+    """The folder holding the ``.cu``/``.cuh`` files: ``$DCN_LESSONS_KERNELS`` or ``<repo>/kernels``.
+
+    Raises FileNotFoundError saying where it looked when the folder or one of :data:`KERNEL_FILES` is missing.
+    """
+    env = os.environ.get("DCN_LESSONS_KERNELS")
+    if env:
+        where, how = Path(env).expanduser(), "the environment variable DCN_LESSONS_KERNELS"
+    else:
+        import dcn_lessons
+
+        where, how = Path(dcn_lessons.__file__).resolve().parent.parent / "kernels", "next to the dcn_lessons package"
+    missing = [f for f in KERNEL_FILES if not (where / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CUDA kernel sources not found: looked in {where} ({how}) for {', '.join(missing)}; "
+            "install dcn_lessons from a checkout of the repository (pip install -e .) or set "
+            "DCN_LESSONS_KERNELS to the folder holding deform_conv.cu and roi_pool.cu"
+        )
+    return where
+
+
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.MULTILINE)
+
+
+def _inline(path: Path, seen: set[Path]) -> str:
+    path = path.resolve()
+    if path in seen:
+        return f"// (already included: {path.name})\n"
+    seen.add(path)
+    # Inlining dedupes includes itself; a leftover "#pragma once" would warn "in main file".
+    text = _PRAGMA_ONCE.sub("", path.read_text())
+
+    def repl(m: re.Match[str]) -> str:
+        target = path.parent / m.group(1)
+        if not target.is_file():
+            raise FileNotFoundError(f"{path.name}: #include \"{m.group(1)}\" not found next to it in {path.parent}")
+        return f"// ---- begin {m.group(1)}\n{_inline(target, seen)}\n// ---- end {m.group(1)}"
+
+    return _INCLUDE.sub(repl, text)
+
+
+def kernel_source(files: tuple[str, ...] = KERNEL_FILES, directory: Path | None = None) -> str:
+    """All of ``files`` (from :func:`kernels_dir`) as one string, local includes inlined once each."""
+    directory = kernels_dir() if directory is None else Path(directory)
+    seen: set[Path] = set()
+    return "\n".join(_inline(directory / f, seen) for f in files)

@@ -1,0 +1,54 @@
+// cuda_emulation.h -- just enough of CUDA for g++ to compile the course's kernels for the CPU emulator
+// (dcn_lessons/cuda/emulator.py). Included before the kernel source. The emulator runs every thread of
+// every block one after the other on one OS thread, so:
+//   * blockIdx/threadIdx/blockDim/gridDim are thread_local globals set by the generated launcher before each
+//     emulated thread runs;
+//   * atomicAdd is a plain read-add-write (nothing runs concurrently);
+//   * __syncthreads and __shared__ are NOT supported: one thread runs to completion before the next starts,
+//     so a barrier cannot be honoured. Using them is a compile error naming the feature.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+
+struct dim3 {
+  unsigned int x, y, z;
+  dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+typedef dim3 uint3;
+
+// thread_local: two Python threads may launch at once (ctypes releases the GIL); each has its own built-ins.
+static thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
+static const int warpSize = 32;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __syncthreads() dcn_emulator_does_not_support___syncthreads()
+#define __shared__ dcn_emulator_does_not_support___shared__
+
+using std::ceil;
+using std::fabs;
+using std::floor;
+using std::max;
+using std::min;
+using std::sqrt;
+using std::exp;
+using std::round;
+using std::fmin;
+using std::fmax;
+
+
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+  T old = *address;
+  *address = old + value;
+  return old;
+}
+
+template <typename T>
+inline T __ldg(const T* p) { return *p; }

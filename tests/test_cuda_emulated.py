@@ -1,0 +1,391 @@
+"""The CUDA kernels of ``kernels/`` run on the CPU through the g++ emulator, against the NumPy references.
+
+Every kernel (im2col plain and grouped, col2im, coordinate gradient, fused backward, RoI forward/backward for
+the four kinds) in float64 and float32, with samples on integer coordinates, on the border (exactly -1, 0,
+H-1, H and around) and far outside. The emulator runs threads one at a time, so these tests check the
+arithmetic and indexing of the kernels, not races: ``tests/test_cuda_gpu.py`` and
+``benchmarks/sanitize_cuda.sh`` cover the GPU. None of our kernels uses ``__syncthreads``/shared memory.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import dcn_lessons.cuda as dcuda
+from dcn_lessons.cuda import emulator
+from dcn_lessons.cuda.backend import EmulatedKernels
+from dcn_lessons.reference import deform_conv as RC
+from dcn_lessons.reference import roi as RR
+
+T = torch.from_numpy
+
+
+@pytest.fixture(scope="module")
+def plain() -> EmulatedKernels:
+    return dcuda.emulated_kernels()
+
+
+@pytest.fixture(scope="module")
+def fast() -> EmulatedKernels:
+    return dcuda.emulated_kernels(im2col="grouped", backward="fused")
+
+
+def _tol(dtype: np.dtype) -> dict:
+    return dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------- the emulator
+
+_TOY = r"""
+__global__ void scale(const float* x, float* y, float a, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  y[i] = a * x[i];
+}
+template <typename T>
+__global__ void index_map(T* out, int h, int w) {   // 2-D grid and block: out[r, c] = r * 100 + c
+  int r = blockIdx.y * blockDim.y + threadIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= h || c >= w) return;
+  out[r * w + c] = (T)(r * 100 + c);
+  atomicAdd(out + h * w, (T)1);                      // one extra slot counts the threads that got here
+}
+"""
+
+
+def test_emulator_runs_every_thread_of_every_block():
+    mod = emulator.compile(_TOY, {"scale": ["const float*", "float*", "float", "int"],
+                                  "index_map<double>": ["double*", "int", "int"]})
+    x = np.arange(70, dtype=np.float32)
+    y = np.full_like(x, -1.0)
+    mod.get_function("scale")((3,), (32,), (x, y, 2.5, np.int32(70)))  # 96 threads for 70 items
+    np.testing.assert_array_equal(y, 2.5 * x)
+    out = np.zeros(7 * 9 + 1)
+    mod.get_function("index_map<double>")((2, 3), (8, 4), (out, 7, 9))  # grid 2x3 of 8x4 threads
+    r, c = np.divmod(np.arange(63), 9)
+    np.testing.assert_array_equal(out[:63], r * 100 + c)
+    assert out[63] == 63
+    y_t = torch.zeros(70)
+    mod.get_function("scale")(3, 32, (torch.from_numpy(x), y_t, 1.0, 70))  # torch CPU tensors work too
+    assert torch.equal(y_t, torch.from_numpy(x))
+    assert mod is emulator.compile(_TOY, {"scale": ["const float*", "float*", "float", "int"],
+                                          "index_map<double>": ["double*", "int", "int"]})  # cached
+
+
+def test_emulator_rejects_bad_arguments_with_clear_messages():
+    mod = emulator.compile(_TOY, {"scale": ["const float*", "float*", "float", "int"]})
+    f = mod.get_function("scale")
+    x = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"argument 0 \(const float\*\): expected float32 elements, got float64"):
+        f(1, 4, (x.astype(np.float64), x, 1.0, 4))
+    with pytest.raises(TypeError, match="expected 4 arguments, got 3"):
+        f(1, 4, (x, x, 1.0))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        f(1, 4, (np.zeros(8, np.float32)[::2], x, 1.0, 4))
+    with pytest.raises(ValueError, match="at most 1024 threads"):
+        f(1, 2048, (x, x, 1.0, 4))
+    with pytest.raises(KeyError, match="was not compiled"):
+        mod.get_function("nope")
+    with pytest.raises(TypeError, match="unsupported parameter type"):
+        emulator.compile(_TOY, {"scale": ["const float*", "float*", "complex", "int"]})
+
+
+def test_emulator_reports_compile_errors_and_refuses_syncthreads():
+    with pytest.raises(emulator.EmulatorError, match="g\\+\\+ could not compile"):
+        emulator.compile("__global__ void k(float* x) { x[0] = undefined_name; }", {"k": ["float*"]})
+    with pytest.raises(emulator.EmulatorError, match="does_not_support___syncthreads"):
+        emulator.compile("__global__ void k(float* x) { x[0] = 1; __syncthreads(); }", {"k": ["float*"]})
+
+
+# -------------------------------------------------------------------------------- deformable convolution
+
+# (N, C, H, W, kernel, stride, padding, dilation, G)
+CONV_CASES = [
+    (2, 4, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    (1, 3, 6, 5, (2, 3), (2, 1), (0, 2), (2, 1), 1),
+]
+
+
+def _conv_case(case, dtype, offsets: str, rng):
+    N, C, H, W, (kh, kw), (sh, sw), (ph, pw), (dh, dw), G = case
+    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    x = rng.standard_normal((N, C, H, W))
+    shape = (N, 2 * G * kh * kw, Ho, Wo)
+    if offsets == "random":  # fractional, some far outside the map (|offset| up to ~3*H)
+        off = rng.standard_normal(shape) * 1.5
+        off.flat[:: 7] *= 6.0
+    elif offsets == "integer":  # every sample exactly on an integer coordinate (zero included)
+        off = rng.integers(-3, 4, size=shape).astype(np.float64)
+    else:  # "border": samples at exactly -1, 0, H-1, H and just inside/outside of them
+        base_y = (np.arange(Ho) * sh - ph)[:, None]
+        targets = np.array([-1.0, -0.999, -0.5, 0.0, H - 1.0, H - 0.5, H - 1e-3, H, H + 0.5, -7.25])
+        off = np.empty(shape)
+        pick = rng.integers(0, len(targets), size=shape)
+        for k in range(kh * kw):
+            i, j = divmod(k, kw)
+            ty = targets[pick[:, 2 * k :: 2 * kh * kw]] * 1.0
+            off[:, 2 * k :: 2 * kh * kw] = ty - (base_y + i * dh)
+            tx = np.where(targets[pick[:, 2 * k + 1 :: 2 * kh * kw]] >= H - 1.0,
+                          targets[pick[:, 2 * k + 1 :: 2 * kh * kw]] - H + W, targets[pick[:, 2 * k + 1 :: 2 * kh * kw]])
+            off[:, 2 * k + 1 :: 2 * kh * kw] = tx - ((np.arange(Wo) * sw - pw)[None, :] + j * dw)
+    mask = rng.random((N, G * kh * kw, Ho, Wo))
+    gcol = rng.standard_normal((N, C * kh * kw, Ho * Wo))
+    cast = lambda a: a.astype(dtype)  # noqa: E731
+    return cast(x), cast(off), cast(mask), cast(gcol), ((kh, kw), (sh, sw), (ph, pw), (dh, dw))
+
+
+# Border targets (-1, H-1, H - 1e-3, ...) are exact only in float64: float32 runs random and integer offsets.
+@pytest.mark.parametrize("dtype,offsets", [(np.float64, "random"), (np.float64, "integer"), (np.float64, "border"),
+                                           (np.float32, "random"), (np.float32, "integer")])
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("modulated", [True, False])
+def test_deform_conv_kernels_match_reference(plain, fast, dtype, offsets, case, modulated):
+    rng = np.random.default_rng(hash((offsets, case[0], modulated)) % 2**32)
+    x, off, mask, gcol, geo = _conv_case(case, dtype, offsets, rng)
+    mask = mask if modulated else None
+    # Ground truth in float64 from the float32-rounded inputs.
+    up = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    cols = RC.deform_im2col(up(x), up(off), up(mask), *geo)
+    gi = RC.deform_col2im(up(gcol), up(off), up(mask), x.shape, *geo)
+    go, gm = RC.deform_col2im_coord(up(gcol), up(x), up(off), up(mask), *geo)
+    tol = _tol(np.dtype(dtype))
+    tm = None if mask is None else T(mask)
+    for be in (plain, fast):
+        got = be.deform_im2col(T(x), T(off), tm, *geo)
+        assert got.dtype == torch.from_numpy(x).dtype and got.shape == cols.shape
+        np.testing.assert_allclose(got.numpy(), cols, **tol, err_msg=f"im2col {be.im2col}")
+        gi2, go2, gm2 = be.deform_conv_backward_columns(T(gcol), T(x), T(off), tm, *geo)
+        np.testing.assert_allclose(gi2.numpy(), gi, **tol, err_msg=f"grad_input {be.backward}")
+        np.testing.assert_allclose(go2.numpy(), go, **tol, err_msg=f"grad_offset {be.backward}")
+        if mask is None:
+            assert gm2 is None
+        else:
+            np.testing.assert_allclose(gm2.numpy(), gm, **tol, err_msg=f"grad_mask {be.backward}")
+    assert np.abs(cols).max() > 0 and np.abs(go).max() > 0  # the case exercises something
+
+
+def test_integer_offsets_take_the_forward_difference(plain):
+    """At the start of training offsets are 0: the offset gradient is x(q+1) - x(q) (torchvision's rule)."""
+    x = np.arange(20, dtype=np.float64).reshape(1, 1, 4, 5) ** 2
+    off = np.zeros((1, 2, 4, 5))
+    gcol = np.ones((1, 1, 20))
+    go, _ = plain.deform_col2im_coord(T(gcol), T(x), T(off), None, 1, 1, 0, 1)
+    img = x[0, 0]
+    dy = np.vstack([img[1:] - img[:-1], -img[-1:]])  # bottom row: the neighbour below is off the map (0)
+    dx = np.hstack([img[:, 1:] - img[:, :-1], -img[:, -1:]])
+    np.testing.assert_array_equal(go[0, 0].numpy(), dy)
+    np.testing.assert_array_equal(go[0, 1].numpy(), dx)
+
+
+def test_far_outside_samples_are_zero_with_zero_gradient(plain):
+    x = np.random.default_rng(1).standard_normal((1, 2, 3, 3))
+    off = np.full((1, 2, 3, 3), 1e6)
+    off[0, 1] = -1e6
+    cols = plain.deform_im2col(T(x), T(off), None, 1, 1, 0, 1)
+    assert torch.count_nonzero(cols) == 0
+    gi = plain.deform_col2im(torch.ones(1, 2, 9, dtype=torch.float64), T(off), None, x.shape, 1, 1, 0, 1)
+    go, _ = plain.deform_col2im_coord(torch.ones(1, 2, 9, dtype=torch.float64), T(x), T(off), None, 1, 1, 0, 1)
+    assert torch.count_nonzero(gi) == 0 and torch.count_nonzero(go) == 0
+
+
+def test_conv_backend_checks_arguments(plain):
+    x = torch.zeros(2, 4, 5, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"offset: expected shape \[N, 2\*offset_groups\*kh\*kw, Ho, Wo\]"):
+        plain.deform_im2col(x, torch.zeros(2, 18, 4, 5, dtype=torch.float64), None, 3, 1, 1, 1)
+    with pytest.raises(TypeError, match="offset: expected dtype torch.float64"):
+        plain.deform_im2col(x, torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1)
+    with pytest.raises(TypeError, match="input: expected float32 or float64"):
+        plain.deform_im2col(x.long(), torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"grad_columns: expected shape \[N, C\*kh\*kw, Ho\*Wo\] = \[2, 36, 25\]"):
+        plain.deform_col2im(torch.zeros(2, 36, 24, dtype=torch.float64), torch.zeros(2, 18, 5, 5,
+                            dtype=torch.float64), None, x.shape, 3, 1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------ RoI family
+
+def _rois(rng, n_batch, H, W, scale, exact: bool):
+    """Boxes inside, straddling the border, far outside, and one of zero size (image pixels)."""
+    if exact:  # corners on the pixel grid: samples land on integers, clamps are hit exactly
+        rows = [[0, 0, 0, 2 * W / scale / 2, H / scale], [n_batch - 1, -2 / scale, -1 / scale, 3 / scale, 2 / scale],
+                [0, (W - 1) / scale, (H - 2) / scale, (W + 2) / scale, (H + 1) / scale]]
+    else:
+        rows = [[0, 0.3, 0.7, 2.9 / scale, 3.4 / scale], [n_batch - 1, -1.6 / scale, -0.9 / scale, 2.2 / scale,
+                2.7 / scale], [0, (W - 1.3) / scale, (H - 0.6) / scale, (W + 1.7) / scale, (H + 2.2) / scale]]
+    rows += [[n_batch - 1, 50.0 / scale, 40.0 / scale, 60.0 / scale, 55.0 / scale],  # far outside
+             [0, 1.25 / scale, 1.5 / scale, 1.25 / scale, 3.5 / scale]]  # zero width
+    return np.array(rows)
+
+
+KINDS = ["roi_align", "deform_roi_pool", "modulated", "ps_roi_align", "deform_ps_roi_pool"]
+
+
+def _roi_reference(kind, go, x, rois, off, mask, size, scale, ratio, gamma):
+    if kind == "roi_align":
+        return (RR.roi_align(x, rois, size, scale, ratio),
+                (RR.roi_align_backward(go, x, rois, size, scale, ratio), None, None))
+    if kind == "ps_roi_align":
+        return (RR.ps_roi_align(x, rois, size, scale, ratio),
+                (RR.ps_roi_align_backward(go, x, rois, size, scale, ratio), None, None))
+    if kind == "deform_roi_pool":
+        return (RR.deform_roi_pool(x, rois, off, size, scale, ratio, gamma),
+                tuple(RR.deform_roi_pool_backward(go, x, rois, off, size, scale, ratio, gamma)))
+    if kind == "modulated":
+        return (RR.modulated_deform_roi_pool(x, rois, off, mask, size, scale, ratio, gamma),
+                tuple(RR.modulated_deform_roi_pool_backward(go, x, rois, off, mask, size, scale, ratio, gamma)))
+    return (RR.deform_ps_roi_pool(x, rois, off, size, scale, ratio, gamma),
+            tuple(RR.deform_ps_roi_pool_backward(go, x, rois, off, size, scale, ratio, gamma)))
+
+
+# Exact-grid boxes put samples on clamps and integers, where the position gradient jumps: float32 rounding
+# could pick the other side, so they run in float64 only.
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype,exact,ratio", [(np.float64, False, 0), (np.float64, False, 2),
+                                               (np.float64, True, -1), (np.float32, False, 0),
+                                               (np.float32, False, 2)])
+def test_roi_kernels_match_reference(plain, dtype, kind, exact, ratio):
+    rng = np.random.default_rng(7)
+    size = (2, 3)
+    ps = kind.startswith(("ps", "deform_ps"))
+    N, C, H, W, scale, gamma = 2, (2 * 6 if ps else 3), 5, 6, 0.5, 0.1
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    rois = _rois(rng, N, H, W, scale, exact).astype(dtype)
+    K = len(rois)
+    deformable = kind in ("deform_roi_pool", "modulated", "deform_ps_roi_pool")
+    off = (rng.standard_normal((K, 2, *size)) * 1.5).astype(dtype) if deformable else None
+    if off is not None and exact:
+        off = np.round(off * 4) / 4  # multiples of 1/4: with gamma*roi size, shifts on a coarse grid
+    mask = rng.random((K, 1, *size)).astype(dtype) if kind == "modulated" else None
+    c_out = C // 6 if ps else C
+    go = rng.standard_normal((K, c_out, *size)).astype(dtype)
+    up = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    want_out, want_grads = _roi_reference(kind, up(go), up(x), up(rois), up(off), up(mask), size, scale, ratio,
+                                          gamma)
+    bkind = "deform_roi_pool" if kind == "modulated" else kind
+    tn = lambda a: None if a is None else T(a)  # noqa: E731
+    out = plain.roi_forward(bkind, T(x), T(rois), tn(off), tn(mask), size, scale, ratio, gamma)
+    tol = _tol(np.dtype(dtype))
+    np.testing.assert_allclose(out.numpy(), want_out, **tol)
+    grads = plain.roi_backward(bkind, T(go), T(x), T(rois), tn(off), tn(mask), size, scale, ratio, gamma)
+    for name, got, want in zip(("input", "offset", "mask"), grads, want_grads):
+        if want is None:
+            assert got is None, name
+        else:
+            np.testing.assert_allclose(got.numpy(), want, **tol, err_msg=f"grad_{name}")
+    assert np.abs(want_out).max() > 0 and np.abs(want_grads[0]).max() > 0
+    assert np.all(want_out[3] == 0)  # the far-outside box pools to exactly 0 (same check on the kernel:)
+    assert torch.count_nonzero(out[3]) == 0
+
+
+def test_roi_backend_checks_arguments(plain):
+    x = torch.zeros(1, 4, 5, 5, dtype=torch.float64)
+    rois = torch.tensor([[0, 0, 0, 3, 3.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        plain.roi_forward("roi_pool", x, rois, None, None, 2, 1.0, 0, 0.1)
+    with pytest.raises(ValueError, match=r"offset: expected shape \[K, 2, ph, pw\] = \[1, 2, 2, 2\]"):
+        plain.roi_forward("deform_roi_pool", x, rois, torch.zeros(1, 2, 2, 3, dtype=torch.float64), None, 2, 1.0,
+                          0, 0.1)
+    with pytest.raises(ValueError, match="batch index"):
+        plain.roi_forward("roi_align", x, torch.tensor([[1, 0, 0, 3, 3.0]], dtype=torch.float64), None, None, 2,
+                          1.0, 0, 0.1)
+    with pytest.raises(ValueError, match="not divisible by ph\\*pw=9"):
+        plain.roi_forward("ps_roi_align", x, rois, None, None, 3, 1.0, 0, 0.1)
+    with pytest.raises(ValueError, match="mask: only deform_roi_pool"):
+        plain.roi_forward("deform_ps_roi_pool", x, rois, None, torch.zeros(1, 1, 2, 2, dtype=torch.float64),
+                          2, 1.0, 0, 0.1)
+    empty = plain.roi_forward("roi_align", x, torch.zeros(0, 5, dtype=torch.float64), None, None, 2, 1.0, 0, 0.1)
+    assert empty.shape == (0, 4, 2, 2)
+
+
+# ------------------------------------------------------------------------------------ kernels_for contract
+
+class _FakeCudaTensor:
+    is_cuda = True
+
+    class device:  # noqa: N801
+        index = 0
+        type = "cuda"
+
+
+def test_kernels_for_contract(monkeypatch):
+    assert dcuda.kernels_for(torch.zeros(2)) is None  # CPU tensor: tensor path
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "torch")
+    assert dcuda.kernels_for(_FakeCudaTensor()) is None
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "sometimes")
+    with pytest.raises(ValueError, match="DCN_LESSONS_BACKEND"):
+        dcuda.kernels_for(_FakeCudaTensor())
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("CuPy is installed here: the no-CuPy fallback cannot be observed")
+    dcuda._reset_for_tests()
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "")
+    with pytest.warns(RuntimeWarning, match="CuPy is not installed"):
+        assert dcuda.kernels_for(_FakeCudaTensor()) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call is silent: warned once
+        assert dcuda.kernels_for(_FakeCudaTensor()) is None
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "cuda")
+    with pytest.raises(dcuda.CudaBackendUnavailable, match="CuPy is not installed"):
+        dcuda.kernels_for(_FakeCudaTensor())
+    dcuda._reset_for_tests()
+
+
+def test_kernels_dir_env_override(monkeypatch, tmp_path):
+    from dcn_lessons.cuda import _source
+
+    monkeypatch.setenv("DCN_LESSONS_KERNELS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="DCN_LESSONS_KERNELS"):
+        _source.kernels_dir()
+    monkeypatch.delenv("DCN_LESSONS_KERNELS")
+    assert (_source.kernels_dir() / "deform_conv.cu").is_file()
+
+
+# ------------------------------------------------------- end to end: the torch operators on the emulated kernels
+
+@pytest.mark.parametrize("variant", [("plain", "separate"), ("grouped", "fused")])
+def test_torch_ops_run_end_to_end_on_the_emulated_kernels(monkeypatch, variant):
+    """dcn_lessons.ops with kernels_for patched to hand out the emulated backend for CPU tensors: the same
+    calls the CUDA backend gets on a GPU; results and gradients equal the tensor path's."""
+    from dcn_lessons.ops import deform_conv as ops_conv
+    from dcn_lessons.ops import roi as ops_roi
+
+    monkeypatch.setenv("DCN_LESSONS_CPU_FAST", "0")
+    emu = dcuda.emulated_kernels(*variant)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)
+    off = torch.randn(2, 2 * 2 * 9, 5, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, 2 * 9, 5, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)  # groups = 2
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    feat = torch.randn(2, 8, 6, 7, generator=g, dtype=torch.float64)
+    rois = torch.tensor([[0, 0.5, 1.0, 9.0, 8.0], [1, -2.0, -1.0, 5.0, 11.0]], dtype=torch.float64)
+    roff = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64)
+    rmask = torch.rand(2, 1, 2, 2, generator=g, dtype=torch.float64)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (x, off, mask, w, b, feat, roff, rmask)]
+        xx, oo, mm, ww, bb, ff, ro, rm = leaves
+        y = ops_conv.deform_conv2d(xx, oo, ww, bb, stride=1, padding=1, dilation=1, mask=mm)
+        r1 = ops_roi.modulated_deform_roi_pool(ff, rois, ro, rm, 2, spatial_scale=0.5, sampling_ratio=2)
+        r2 = ops_roi.ps_roi_align(ff, rois, 2, spatial_scale=0.5, sampling_ratio=0)
+        loss = (y * y.detach().cos()).sum() + (r1 * r1.detach().sin()).sum() + (r2 * 1.7).sum()
+        loss.backward()
+        return [y.detach(), r1.detach(), r2.detach()] + [t.grad for t in leaves]
+
+    want = run()
+    calls = []
+
+    def fake_kernels_for(t):
+        calls.append(t.shape)
+        return emu
+
+    monkeypatch.setattr(dcuda, "kernels_for", fake_kernels_for)
+    got = run()
+    assert calls, "the operators never asked kernels_for: nothing was tested"
+    for i, (a, e) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=f"result {i}")
