@@ -45,6 +45,16 @@ def _student(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
+    subs: list[Path] = []
+    for s in map(Path, args.submissions):
+        if s.is_dir():
+            subs += sorted(s.glob("*.ipynb"))
+        elif s.exists():
+            subs.append(s)
+        else:
+            raise GradingError(f"{s}: no such file or folder")
+    if not subs:
+        raise GradingError(f"no .ipynb submissions found in {', '.join(args.submissions)}")
     target = Path(args.lesson)
     if target.suffix == ".zip":
         autograder = target
@@ -58,16 +68,6 @@ def _grade(args: argparse.Namespace) -> int:
                 raise GradingError(f"lesson: {args.lesson!r} names no single lesson notebook or autograder zip")
             master = matches[0]
         autograder = grading.build(master, Path(args.out)).autograder
-    subs: list[Path] = []
-    for s in map(Path, args.submissions):
-        if s.is_dir():
-            subs += sorted(s.glob("*.ipynb"))
-        elif s.exists():
-            subs.append(s)
-        else:
-            raise GradingError(f"{s}: no such file or folder")
-    if not subs:
-        raise GradingError(f"no .ipynb submissions found in {', '.join(args.submissions)}")
     log = (lambda m: print(m, flush=True))
     results = grading.grade(autograder, subs, timeout=args.timeout, fast=not args.full, jobs=args.jobs, log=log)
     grading.write_csv(results, autograder, Path(args.csv))

@@ -154,8 +154,9 @@ def test_cli_grades_and_reports_corrupt_notebooks(mini, tmp_path):
     "args, message",
     [
         (["grade", "00_tour", "/no/such/folder"], "/no/such/folder: no such file or folder"),
-        (["grade", "/no/such.zip", "x.ipynb"], "/no/such.zip: no such autograder zip"),
-        (["grade", "99", "x.ipynb"], "names no single lesson"),
+        (["grade", "/no/such.zip", str(NOTEBOOKS / "00_tour.ipynb")], "/no/such.zip: no such autograder zip"),
+        (["grade", "99", str(NOTEBOOKS / "00_tour.ipynb")], "names no single lesson"),
+        (["grade", "00_tour", str(REPO / "tests")], "no .ipynb submissions found"),
         (["student", "/no/such/master.ipynb"], "/no/such/master.ipynb: no such file"),
     ],
 )

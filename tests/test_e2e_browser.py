@@ -1,0 +1,105 @@
+"""End to end: the README's own `make lab`, a real JupyterLab, headless Chromium driven by Playwright.
+
+Opens lesson 00 (the student notebook `make lab` prepares), runs every cell, moves the Δy slider of
+the offset explorer and checks that the figure changed. Skipped, with the reason shown, only when
+Chromium or Playwright is not installed (``.ci/run`` installs Debian's chromium).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    port, token = _free_port(), secrets.token_hex(16)
+    log = tmp_path_factory.mktemp("lab") / "lab.log"
+    args = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.token={token} --ServerApp.port_retries=0"
+    venv = os.path.dirname(os.path.dirname(sys.executable))  # the venv running these tests
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["make", "-C", str(REPO), "lab", f"VENV={venv}", f"LAB_ARGS={args}"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url, token
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_lesson00_explorer_updates_in_a_real_browser(lab):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    url, token = lab
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(f"{url}/lab/tree/student/00_tour.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
+            page.get_by_role("menuitem", name="Run").click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            figure = page.locator("img.dcn-figure").first
+            figure.wait_for(state="visible")
+            before_src, before_png = figure.get_attribute("src"), figure.screenshot()
+            slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="Δy")).first
+            handle = slider.locator(".noUi-handle").first
+            handle.focus()
+            for _ in range(15):
+                handle.press("ArrowRight")
+            page.wait_for_function(
+                "([src]) => { const i = document.querySelector('img.dcn-figure'); return i && i.src !== src; }",
+                arg=[before_src],
+            )
+            readout = slider.locator(".widget-readout").first.inner_text()
+            assert float(readout) > 0.5, f"the Δy slider did not move (readout {readout!r})"
+            page.wait_for_timeout(500)
+            after_png = figure.screenshot()
+            assert after_png != before_png, "the figure's pixels did not change after moving the slider"
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
+            assert errors.count() == 0, "a cell printed a traceback"
+        finally:
+            browser.close()
