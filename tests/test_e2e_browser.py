@@ -76,13 +76,15 @@ def test_lesson00_explorer_updates_in_a_real_browser(lab):
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(240_000)
             page.goto(f"{url}/lab/tree/student/00_tour.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
             page.get_by_role("menuitem", name="Run").click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
             figure = page.locator("img.dcn-figure").first
+            figure.wait_for(state="attached")  # JupyterLab renders cells lazily: bring it on screen
+            figure.scroll_into_view_if_needed()
             figure.wait_for(state="visible")
             before_src, before_png = figure.get_attribute("src"), figure.screenshot()
             slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="Δy")).first
