@@ -229,16 +229,17 @@ def grade(
     for p in submissions:  # read everything before anything runs
         try:
             read_notebook(p)
-            staged.append((Path(p).name, Path(p).read_bytes(), ""))
+            staged.append((str(p), Path(p).read_bytes(), ""))
         except GradingError as e:
-            staged.append((Path(p).name, None, str(e)))
+            staged.append((str(p), None, str(e)))
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0")
     env["DCN_LESSONS_FAST"] = "1" if fast else "0"
 
     def one(item: tuple[str, bytes | None, str]) -> Result:
         name, data, error = item
         start = time.monotonic()
-        r = Result(name, "invalid", message=error) if data is None else _run_one(name, data, ag_bytes, timeout, env)
+        r = Result(name, "invalid", message=error) if data is None else _run_one(Path(name).name, data, ag_bytes, timeout, env)
+        r.submission = name  # the path as given: two folders may hold notebooks of the same name
         r.scores = {q: r.scores.get(q, 0.0) for q in qs}
         if log:
             log(f"{name}: {r.status} {r.total:g}/{sum(qs.values()):g} ({time.monotonic() - start:.0f} s){' - ' + r.message if r.message else ''}")

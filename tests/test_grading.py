@@ -109,7 +109,7 @@ def test_grading_a_folder_of_misbehaving_submissions(mini, tmp_path):
     (subs / "i_master_again.ipynb").write_bytes(built.solution.read_bytes())
 
     paths = sorted(subs.glob("*.ipynb"))
-    results = {r.submission: r for r in grading.grade(built.autograder, paths, timeout=60, jobs=2)}
+    results = {Path(r.submission).name: r for r in grading.grade(built.autograder, paths, timeout=60, jobs=2)}
     out = tmp_path / "scores.csv"
     grading.write_csv(list(results.values()), built.autograder, out)
 
@@ -127,7 +127,7 @@ def test_grading_a_folder_of_misbehaving_submissions(mini, tmp_path):
     assert row("h_tamper.ipynb") == ("graded", 0.0, 0.0)
     assert row("i_master_again.ipynb") == ("graded", 1.0, 2.0), "a deleting submission changed a later grade"
     rows = list(csv.DictReader(out.open()))
-    assert [r["submission"] for r in rows] == [p.name for p in paths]
+    assert [r["submission"] for r in rows] == [str(p) for p in paths]
     assert rows[0]["q1"] == "1" and rows[0]["q2"] == "2" and rows[0]["total"] == "3" and rows[0]["max_total"] == "3"
 
 
@@ -146,7 +146,7 @@ def test_cli_grades_and_reports_corrupt_notebooks(mini, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "broken.ipynb: not a valid notebook" in proc.stderr
-    rows = {r["submission"]: r for r in csv.DictReader(out.open())}
+    rows = {Path(r["submission"]).name: r for r in csv.DictReader(out.open())}
     assert rows["good.ipynb"]["total"] == "3" and rows["broken.ipynb"]["status"] == "invalid"
 
 

@@ -33,10 +33,12 @@ def _names(reqs):
 def test_environment_yml_lists_the_runtime_dependencies():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = _names(project["dependencies"])
-    conda = []
+    conda, section = [], None
     for line in (REPO / "environment.yml").read_text().splitlines():
+        if re.match(r"^[a-z]", line):
+            section = line.split(":")[0]
         m = re.match(r"^  - ([A-Za-z0-9_.\-]+)", line)
-        if m and m.group(1) not in {"python", "pip"}:
+        if section == "dependencies" and m and m.group(1) not in {"python", "pip"}:
             conda.append(m.group(1))
     conda_names = {"pytorch" if n == "torch" else n for n in runtime}
     assert _names(conda) == conda_names, f"environment.yml lists {sorted(_names(conda))}, pyproject.toml {sorted(runtime)}"

@@ -20,7 +20,9 @@ import threading
 import warnings
 from typing import Any, Optional
 
-__all__ = ["kernels_for", "emulated_kernels", "backend_mode", "CudaBackendUnavailable"]
+from ._source import kernels_dir
+
+__all__ = ["kernels_for", "emulated_kernels", "backend_mode", "kernels_dir", "CudaBackendUnavailable"]
 
 _LOCK = threading.Lock()
 _BACKENDS: dict[int, Any] = {}  # device index -> CupyKernels, or the exception that stopped it
