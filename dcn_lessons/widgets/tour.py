@@ -83,9 +83,11 @@ class OffsetExplorer(FigureExplorer):
         if owner is self.controls["point"]:
             # show the stored offsets of the newly selected point without redrawing twice
             dy, dx = self.manual[change["new"]]
-            self._hold = self._syncing = True
-            self.controls["dy"].value, self.controls["dx"].value = float(dy), float(dx)
-            self._hold = self._syncing = False
+            held, self._hold, self._syncing = self._hold, True, True
+            try:
+                self.controls["dy"].value, self.controls["dx"].value = float(dy), float(dx)
+            finally:
+                self._hold, self._syncing = held, False
         elif owner in (self.controls["dy"], self.controls["dx"]) and not self._syncing:
             k = self.controls["point"].value
             self.manual[k] = (self.controls["dy"].value, self.controls["dx"].value)
