@@ -7,10 +7,10 @@ import numpy as np  # noqa: F401
 
 
 def _package_samples(box, i, j, k, sampling_ratio):
-    from dcn_lessons.reference.roi import _bin_samples, _roi_geometry
+    from dcn_lessons.reference.roi import bin_samples, roi_geometry
 
-    r = _roi_geometry(np.array([0.0, *box]), (k, k), 1.0, sampling_ratio, True)
-    return np.array(list(_bin_samples(r, i, j, (k, k))))
+    r = roi_geometry(np.array([0.0, *box]), (k, k), 1.0, sampling_ratio, True)
+    return np.array(list(bin_samples(r, i, j, (k, k))))
 
 
 def _same_set(a, b):

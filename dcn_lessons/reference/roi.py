@@ -53,7 +53,10 @@ import numpy as np
 from .._validate import roi as _v
 
 __all__ = [
+    "RoIGeometry",
     "RoIPoolGrads",
+    "bin_samples",
+    "roi_geometry",
     "roi_pool",
     "roi_pool_backward",
     "roi_align",
@@ -117,7 +120,9 @@ def _roi_bilinear(height: int, width: int, y: float, x: float) -> list[tuple[int
     ]
 
 
-class _RoI(NamedTuple):
+class RoIGeometry(NamedTuple):
+    """One RoI in feature-map pixels: where its bins start, its size, and its samples per bin side."""
+
     batch: int
     y_start: float
     x_start: float
@@ -131,10 +136,11 @@ class _RoI(NamedTuple):
         return max(self.grid_h * self.grid_w, 1)
 
 
-def _roi_geometry(
+def roi_geometry(
     roi: np.ndarray, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool
-) -> _RoI:
-    """Start, size and sampling grid of one RoI row under the aligned rule (or torchvision aligned=False)."""
+) -> RoIGeometry:
+    """Start, size and sampling grid of one RoI row ``(b, x1, y1, x2, y2)`` under the aligned rule (start =
+    corner·spatial_scale − 0.5; or torchvision's aligned=False: no shift, size at least 1): the lessons draw it."""
     ph, pw = output_size
     shift = 0.5 if aligned else 0.0
     b, x1, y1, x2, y2 = (float(v) for v in roi)
@@ -143,13 +149,14 @@ def _roi_geometry(
         height, width = max(height, 1.0), max(width, 1.0)
     grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(height / ph)
     grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(width / pw)
-    return _RoI(int(b), y1 * spatial_scale - shift, x1 * spatial_scale - shift, height, width, grid_h, grid_w)
+    return RoIGeometry(int(b), y1 * spatial_scale - shift, x1 * spatial_scale - shift, height, width, grid_h, grid_w)
 
 
-def _bin_samples(
-    r: _RoI, i: int, j: int, output_size: tuple[int, int], dy: float = 0.0, dx: float = 0.0
+def bin_samples(
+    r: RoIGeometry, i: int, j: int, output_size: tuple[int, int], dy: float = 0.0, dx: float = 0.0
 ) -> Iterator[tuple[float, float]]:
-    """The sample positions of bin (i, j), the whole bin moved by (dy, dx)."""
+    """The (y, x) sample positions of bin (i, j), row-major over the bin's grid, the whole bin moved by (dy, dx)
+    pixels: ``start + i·bin + (u + 0.5)·bin/grid`` (+ the move)."""
     ph, pw = output_size
     bin_h, bin_w = r.height / ph, r.width / pw
     for u in range(r.grid_h):
@@ -204,7 +211,7 @@ def _sampled_forward(input, rois, offset, mask, size, c_out, spatial_scale, samp
     x = input.astype(np.float64)
     out = np.zeros((rois.shape[0], c_out, ph, pw))
     for k, roi in enumerate(rois):
-        r = _roi_geometry(roi, size, spatial_scale, sampling_ratio, aligned)
+        r = roi_geometry(roi, size, spatial_scale, sampling_ratio, aligned)
         for i in range(ph):
             for j in range(pw):
                 img = x[r.batch, _ps_channels(c_out, size, i, j)] if ps else x[r.batch]  # [C_out, H, W]
@@ -213,7 +220,7 @@ def _sampled_forward(input, rois, offset, mask, size, c_out, spatial_scale, samp
                     dx = gamma * r.width * float(offset[k, 0, i, j])
                     dy = gamma * r.height * float(offset[k, 1, i, j])
                 total = np.zeros(c_out)
-                for sy, sx in _bin_samples(r, i, j, size, dy, dx):
+                for sy, sx in bin_samples(r, i, j, size, dy, dx):
                     for qy, qx, w, _, _ in _roi_bilinear(height, width, sy, sx):
                         total += w * img[:, qy, qx]
                 out[k, :, i, j] = total / r.count
@@ -235,7 +242,7 @@ def _sampled_backward(
     g_offset = None if offset is None else np.zeros(offset.shape)
     g_mask = None if mask is None else np.zeros(mask.shape)
     for k, roi in enumerate(rois):
-        r = _roi_geometry(roi, size, spatial_scale, sampling_ratio, aligned)
+        r = roi_geometry(roi, size, spatial_scale, sampling_ratio, aligned)
         for i in range(ph):
             for j in range(pw):
                 chans = _ps_channels(c_out, size, i, j) if ps else np.arange(c_out)
@@ -248,7 +255,7 @@ def _sampled_backward(
                     dy = gamma * r.height * float(offset[k, 1, i, j])
                 pooled = np.zeros(c_out)  # the bin before modulation
                 d_dy = d_dx = 0.0  # d(Σ_c go_c · y_c) / d(bin shift), before / count and m
-                for sy, sx in _bin_samples(r, i, j, size, dy, dx):
+                for sy, sx in bin_samples(r, i, j, size, dy, dx):
                     for qy, qx, w, w_y, w_x in _roi_bilinear(height, width, sy, sx):
                         v = img[:, qy, qx]
                         pooled += w * v

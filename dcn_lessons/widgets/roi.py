@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from dcn_lessons.data import photo
-from dcn_lessons.reference.roi import _bin_samples, _roi_geometry, deform_roi_pool, roi_align
+from dcn_lessons.reference.roi import bin_samples, roi_geometry, deform_roi_pool, roi_align
 from dcn_lessons.widgets.base import FigureExplorer
 
 
@@ -131,13 +131,13 @@ class RoIExplorer(FigureExplorer):
         self.pooled = deform_roi_pool(feat, self.roi, self.offset, k, sampling_ratio=sr, gamma=gamma)[0, 0]
         # Δp_ij = γ · Δp̂_ij ∘ (w, h), stored as (Δy, Δx)
         self.shift = gamma * np.stack([self.offset[0, 1] * h, self.offset[0, 0] * w], axis=-1)
-        r = _roi_geometry(self.roi[0], (k, k), 1.0, sr, True)
+        r = roi_geometry(self.roi[0], (k, k), 1.0, sr, True)
         bin_h, bin_w = r.height / k, r.width / k
         self.samples = np.zeros((k, k, sr * sr, 2))
         for i in range(k):
             for j in range(k):
                 dy, dx = self.shift[i, j]
-                self.samples[i, j] = list(_bin_samples(r, i, j, (k, k), dy, dx))
+                self.samples[i, j] = list(bin_samples(r, i, j, (k, k), dy, dx))
                 top, left = r.y_start + i * bin_h, r.x_start + j * bin_w
                 n = i * k + j
                 self.grid_patches[n].set_bounds(left, top, bin_w, bin_h)
