@@ -1,0 +1,360 @@
+"""A small training bench for lesson 05: digits under random geometry, a small CNN whose convolutions can
+be swapped for deformable ones (DCNv1 §2.1 / DCNv2 §3.1), a short training loop, and the learned sampling
+locations of a layer.
+
+* :func:`geometric_digits` -- scikit-learn's bundled 8x8 handwritten digits, each warped onto an
+  ``size x size`` canvas by a random affine map (scale, rotation, shear, small shift): a task where the
+  geometry of the object varies from sample to sample, the case deformable convolution was made for.
+* :class:`DigitNet` and :func:`make_model` -- a three-layer CNN; ``variant="plain" | "v1" | "v2"`` swaps the
+  chosen 3x3 convolutions for :class:`~dcn_lessons.ops.layers.DeformConv2dPack` (v1) or
+  :class:`~dcn_lessons.ops.layers.ModulatedDeformConv2dPack` (v2), keeping the plain weights, so every variant
+  starts from the same numbers (a fresh v1 model *equals* the plain one; a fresh v2 one scales the deformable
+  layers' weighted sums by sigmoid(0) = 0.5).
+* :func:`train` -- Adam on the cross-entropy with the offset branches at ``lr * offset_lr_mult``
+  (:func:`~dcn_lessons.ops.layers.offset_param_groups`), returning a :class:`History`.
+* :func:`layer_input`, :func:`sampling_locations`, :func:`image_sampling_locations` -- where a deformable
+  layer samples (DCNv1 Eq. 2: ``p0 + p_k + Δp_k``) for one image, in the layer's input coordinates or in image
+  pixels.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcn_lessons.data import digits
+from dcn_lessons.ops.layers import DeformConv2dPack, ModulatedDeformConv2dPack, offset_param_groups
+from dcn_lessons.reference.deform_conv import deform_sampling_positions
+
+__all__ = [
+    "VARIANTS",
+    "GeometricDigits",
+    "geometric_digits",
+    "DigitNet",
+    "to_deformable",
+    "make_model",
+    "History",
+    "evaluate",
+    "train",
+    "LayerSamples",
+    "layer_input",
+    "sampling_locations",
+    "image_sampling_locations",
+]
+
+#: The three model variants: plain convolutions, DCNv1 (offsets), DCNv2 (offsets and modulation).
+VARIANTS = ("plain", "v1", "v2")
+
+#: Fraction of the digits held out for testing (a fixed split, independent of the data seed).
+TEST_FRACTION = 0.3
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class GeometricDigits:
+    """Warped digits. ``images [n, 1, size, size]`` float32 in [0, 1], ``labels [n]`` int64, and the
+    transform of each sample: ``scale [n]``, ``rotation [n]`` (degrees, counter-clockwise), ``shear [n]``
+    (x += shear * y), ``shift [n, 2]`` (canvas fraction, (y, x)), ``source [n]`` (index into
+    :func:`dcn_lessons.data.digits`)."""
+
+    images: Tensor
+    labels: Tensor
+    scale: np.ndarray
+    rotation: np.ndarray
+    shear: np.ndarray
+    shift: np.ndarray
+    source: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _split_indices(n_digits: int, split: str) -> np.ndarray:
+    perm = np.random.default_rng(12345).permutation(n_digits)  # fixed: train and test never share a digit
+    n_test = int(round(TEST_FRACTION * n_digits))
+    return np.sort(perm[n_test:] if split == "train" else perm[:n_test])
+
+
+def geometric_digits(
+    n: int,
+    size: int = 24,
+    seed: int = 0,
+    split: str = "train",
+    scale: tuple[float, float] = (0.55, 1.15),
+    rotation: float = 50.0,
+    shear: float = 0.35,
+    shift: float = 0.08,
+    fill: float = 0.8,
+) -> GeometricDigits:
+    """``n`` digits of the ``split`` drawn with replacement, each under a random affine map.
+
+    The 8x8 digit (normalised coordinates u in [-1, 1]^2) is placed on the canvas (normalised v) by
+    ``v = fill * s * R(θ) @ Sh(h) @ u + t`` with s ~ U(scale), θ ~ U(±rotation) degrees, h ~ U(±shear),
+    t ~ U(±shift)^2, and read back with bilinear sampling (``F.grid_sample``, zeros outside the digit).
+
+    Args:
+        n: number of samples (>= 1).
+        size: canvas side in pixels (>= 8).
+        seed: seeds the choice of digits and transforms; the same arguments give the same data set.
+        split: ``"train"`` or ``"test"``: a fixed 70/30 split of the 1797 digits, whatever the seed.
+        scale, rotation, shear, shift, fill: the ranges above.
+
+    Returns:
+        a :class:`GeometricDigits`.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"size: expected an int >= 8, got {size!r}")
+    if not (0 < scale[0] <= scale[1]):
+        raise ValueError(f"scale: expected 0 < low <= high, got {scale!r}")
+    imgs, labels = digits()
+    pool = _split_indices(len(labels), split)
+    rng = np.random.default_rng(seed)
+    src = rng.choice(pool, size=n, replace=True)
+    s = rng.uniform(scale[0], scale[1], n)
+    rot = rng.uniform(-rotation, rotation, n)
+    sh = rng.uniform(-shear, shear, n)
+    t = rng.uniform(-shift, shift, (n, 2))
+    th = np.deg2rad(rot)
+    c, si = np.cos(th), np.sin(th)
+    # forward map in (x, y) order as affine_grid expects; rotation counter-clockwise on screen (y down)
+    R = np.stack([np.stack([c, si], -1), np.stack([-si, c], -1)], -2)  # [n, 2, 2]
+    Sh = np.zeros((n, 2, 2))
+    Sh[:, 0, 0] = Sh[:, 1, 1] = 1.0
+    Sh[:, 0, 1] = sh
+    A = fill * s[:, None, None] * (R @ Sh)
+    Ainv = np.linalg.inv(A)
+    txy = t[:, ::-1]  # (x, y)
+    theta = np.concatenate([Ainv, -(Ainv @ txy[:, :, None])], axis=2)  # canvas -> digit
+    src_img = torch.from_numpy(imgs[src]).float()[:, None]
+    grid = F.affine_grid(torch.from_numpy(theta).float(), [n, 1, size, size], align_corners=False)
+    out = F.grid_sample(src_img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return GeometricDigits(
+        images=out.clamp_(0, 1).contiguous(),
+        labels=torch.from_numpy(labels[src]).long(),
+        scale=s, rotation=rot, shear=sh, shift=t, source=src,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- model
+class DigitNet(nn.Module):
+    """A small CNN: three 3x3 convolutions (padding 1) each followed by batch norm and ReLU, two 2x2
+    max-pools, global average pooling, a linear head.
+
+    ``conv1 [1 -> w] -> pool -> conv2 [w -> 2w] -> pool -> conv3 [2w -> 2w] -> mean over space -> fc [2w -> 10]``. Input ``[N, 1, S, S]`` (S divisible by 4), output logits ``[N, 10]``.
+    ``strides`` gives each conv's input sampling step in image pixels (1, 2, 4).
+    """
+
+    strides = {"conv1": 1, "conv2": 2, "conv3": 4}
+
+    def __init__(self, width: int = 16, n_classes: int = 10) -> None:
+        super().__init__()
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"width: expected a positive int, got {width!r}")
+        self.conv1: nn.Module = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2: nn.Module = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.conv3: nn.Module = nn.Conv2d(2 * width, 2 * width, 3, padding=1)
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(width), nn.BatchNorm2d(2 * width), nn.BatchNorm2d(2 * width)
+        self.fc = nn.Linear(2 * width, n_classes)
+        self.variant = "plain"
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def to_deformable(conv: nn.Conv2d, variant: str, offset_groups: int = 1) -> nn.Module:
+    """A deformable copy of ``conv``: same weight and bias, zero-initialised offset branch.
+
+    ``variant="v1"`` -> :class:`DeformConv2dPack` (equals ``conv`` until trained); ``"v2"`` ->
+    :class:`ModulatedDeformConv2dPack` (equals ``0.5 * conv_without_bias + bias`` until trained);
+    ``"plain"`` returns ``conv`` itself.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
+    if variant == "plain":
+        return conv
+    cls = DeformConv2dPack if variant == "v1" else ModulatedDeformConv2dPack
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+              conv.dilation, conv.groups, offset_groups=offset_groups, bias=conv.bias is not None)  # type: ignore[arg-type]
+    with torch.no_grad():
+        new.weight.copy_(conv.weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)  # type: ignore[union-attr]
+    return new.to(conv.weight.dtype)
+
+
+def make_model(
+    variant: str = "plain", width: int = 16, seed: int = 0, deform: Sequence[str] = ("conv2", "conv3")
+) -> DigitNet:
+    """A :class:`DigitNet` whose ``deform`` layers are deformable (``variant`` "v1"/"v2") or not ("plain").
+
+    The plain network is built first from ``torch.manual_seed(seed)`` and then converted with
+    :func:`to_deformable`, so the three variants of one seed start from the same weights.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    bad = [d for d in deform if d not in DigitNet.strides]
+    if bad:
+        raise ValueError(f"deform: expected names among {sorted(DigitNet.strides)}, got {bad}")
+    torch.manual_seed(seed)
+    net = DigitNet(width)
+    for name in deform:
+        setattr(net, name, to_deformable(getattr(net, name), variant))
+    net.variant = variant
+    return net
+
+
+# -------------------------------------------------------------------------------------------- training
+@dataclass
+class History:
+    """What :func:`train` recorded: the loss of every step, test accuracy at ``eval_steps``, wall time."""
+
+    variant: str
+    loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_acc(self) -> float:
+        return self.test_acc[-1] if self.test_acc else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: GeometricDigits, batch_size: int = 256) -> float:
+    """Accuracy of ``model`` on ``data`` (fraction in [0, 1]); the model is left in eval mode."""
+    model.eval()
+    correct = 0
+    for s in range(0, len(data), batch_size):
+        logits = model(data.images[s:s + batch_size])
+        correct += int((logits.argmax(1) == data.labels[s:s + batch_size]).sum())
+    return correct / len(data)
+
+
+def train(
+    model: nn.Module,
+    train_set: GeometricDigits,
+    test_set: Optional[GeometricDigits] = None,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    offset_lr_mult: float = 1.0,
+    eval_every: int = 100,
+    seed: int = 0,
+) -> History:
+    """Train with Adam on the cross-entropy for ``steps`` mini-batches (reshuffled every epoch).
+
+    The offset/mask branches (``conv_offset``) get ``lr * offset_lr_mult`` (DCNv2 §3.1 uses 0.1 with SGD on
+    detection; :func:`~dcn_lessons.ops.layers.offset_param_groups`). The test accuracy is measured every
+    ``eval_every`` steps and after the last one. ``seed`` fixes the order of the batches.
+    """
+    if steps < 1 or batch_size < 1 or eval_every < 1:
+        raise ValueError(f"steps, batch_size, eval_every: expected positive ints, got {steps}, {batch_size}, {eval_every}")
+    opt = torch.optim.Adam(offset_param_groups(model, lr, offset_lr_mult), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    hist = History(variant=str(getattr(model, "variant", type(model).__name__)))
+    order = torch.randperm(len(train_set), generator=gen)
+    pos = 0
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(train_set), generator=gen), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        model.train()
+        loss = F.cross_entropy(model(train_set.images[idx]), train_set.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist.loss.append(loss.item())
+        if test_set is not None and (step % eval_every == 0 or step == steps):
+            hist.eval_steps.append(step)
+            hist.test_acc.append(evaluate(model, test_set))
+    hist.seconds = time.perf_counter() - start
+    return hist
+
+
+# -------------------------------------------------------------------------------- sampling locations
+class LayerSamples(NamedTuple):
+    """Where a deformable layer samples for one image (DCNv1 Eq. 2, DCNv2 Eq. 1).
+
+    ``py, px [G, K, Ho, Wo]``: row and column of kernel point k of output (y, x), offset group g;
+    ``mask [G, K, Ho, Wo]`` (the Δm_k of a v2 layer) or None (v1).
+    """
+
+    py: np.ndarray
+    px: np.ndarray
+    mask: Optional[np.ndarray]
+
+
+@torch.no_grad()
+def sampling_locations(layer: nn.Module, features: Tensor) -> LayerSamples:
+    """The sampling positions ``p0 + p_k + Δp_k`` of a :class:`DeformConv2dPack` (or modulated) layer.
+
+    Args:
+        layer: a ``DeformConv2dPack`` or ``ModulatedDeformConv2dPack``.
+        features: the layer's input for ONE image, ``[C, H, W]`` or ``[1, C, H, W]``.
+
+    Returns:
+        :class:`LayerSamples` in the layer's input coordinates (row, column; may lie outside the map).
+        A freshly built layer returns the regular grid ``(y*stride - pad + i*dil, x*stride - pad + j*dil)``.
+    """
+    if not isinstance(layer, DeformConv2dPack):
+        raise TypeError(f"layer: expected a DeformConv2dPack or ModulatedDeformConv2dPack, got {type(layer).__name__}")
+    if features.ndim == 3:
+        features = features[None]
+    if features.ndim != 4 or features.shape[0] != 1:
+        raise ValueError(f"features: expected [C, H, W] or [1, C, H, W], got {list(features.shape)}")
+    out = layer.conv_offset(features.to(layer.conv_offset.weight.dtype))
+    kk = layer.kernel_size[0] * layer.kernel_size[1]
+    split = 2 * layer.offset_groups * kk
+    offset = out[:, :split].double().numpy()
+    mask = None
+    if isinstance(layer, ModulatedDeformConv2dPack):
+        m = torch.sigmoid(out[:, split:]).double().numpy()
+        mask = m.reshape(layer.offset_groups, kk, *m.shape[2:])
+    py, px = deform_sampling_positions(offset, layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    return LayerSamples(py[0], px[0], mask)
+
+
+@torch.no_grad()
+def layer_input(model: nn.Module, name: str, image: Tensor) -> Tensor:
+    """The input of ``model``'s submodule ``name`` when ``model`` runs on ``image`` (``[1, H, W]`` or
+    ``[1, 1, H, W]``): ``[1, C, h, w]``. Runs the model once in eval mode with a forward hook."""
+    module = dict(model.named_modules()).get(name)
+    if module is None:
+        raise ValueError(f"name: {name!r} is not a submodule of {type(model).__name__}")
+    if image.ndim == 3:
+        image = image[None]
+    seen: list[Tensor] = []
+    handle = module.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
+    try:
+        model.eval()
+        model(image)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def image_sampling_locations(model: DigitNet, name: str, image: Tensor) -> LayerSamples:
+    """:func:`sampling_locations` of layer ``name`` for ``image``, mapped to image pixel coordinates.
+
+    A position p of a layer whose input has stride s (``DigitNet.strides``: 1, 2, 4, the 2x2 max-pools) is
+    drawn at ``s*p + (s - 1)/2``, the centre of the block of pixels that feature p summarises.
+    """
+    s = model.strides[name]
+    ls = sampling_locations(getattr(model, name), layer_input(model, name, image))
+    return LayerSamples(s * ls.py + (s - 1) / 2, s * ls.px + (s - 1) / 2, ls.mask)
