@@ -201,7 +201,7 @@ def main() -> None:
     args.out.write_text(json.dumps(dict(
         machine=machine, repeats=repeats,
         memory_method="columns_buffer_bytes: analytic, one chunk of float32 columns; peak_rss_growth: "
-        "ru_maxrss delta of a fresh child process over one forward+backward",
+        "VmHWM - VmRSS of a fresh child process over one forward+backward (peak reset just before the call)",
         ratio="median(ours)/median(F.conv2d), same process, interleaved; *_min_ratio: min(ours)/min(F.conv2d)", rows=rows, table="\n".join(lines),
     ), indent=2) + "\n")
 

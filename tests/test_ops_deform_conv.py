@@ -172,8 +172,9 @@ def test_agrees_with_numpy_reference(path: str, name: str, dtype: torch.dtype, t
 
 
 @pytest.mark.parametrize("name", ["nonsquare_k", "batch3", "batch1_v1"])
-def test_primitives_agree_with_numpy_reference(path: str, name: str) -> None:
-    """The three primitives of the columns contract, directly (the CUDA tier mirrors them)."""
+def test_primitives_agree_with_numpy_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three primitives of the columns contract (tensor path; the CUDA tier mirrors them)."""
+    monkeypatch.setenv("DCN_LESSONS_CPU_FAST", "0")
     case = make_case(seed=7, **CASES[name])
     x, off, m = case["input"], case["offset"], case["mask"]
     ks = tuple(case["weight"].shape[2:])
@@ -187,6 +188,43 @@ def test_primitives_agree_with_numpy_reference(path: str, name: str) -> None:
                                atol=1e-12)
     go, gm = kern.deform_col2im_coord(gc, x, off, m, ks, *conf)
     ro, rm = R.deform_col2im_coord(gc.numpy(), x.numpy(), off.numpy(), _np(m), ks, *conf)
+    np.testing.assert_allclose(go.numpy(), ro, atol=1e-12)
+    assert (gm is None) == (rm is None)
+    if gm is not None:
+        np.testing.assert_allclose(gm.numpy(), rm, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["nonsquare_k", "batch3", "batch1_v1", "groups2", "stride2"])
+def test_compiled_columns_agree_with_numpy_reference(name: str) -> None:
+    """The compiled path's channels-last columns and their one-pass backward, against the reference primitives.
+
+    Its columns are ``[n, L, groups*K*Cg]`` (column ``(gi*K + k)*Cg + c'``); the reference's ``[n, C*K, L]``
+    (row ``c*K + k``): the same numbers, rearranged.
+    """
+    if not D.cpu_fast_path_available():
+        pytest.skip("compiled CPU path unavailable (numba not installed)")
+    from dcn_lessons.ops import _cpu_numba
+
+    case = make_case(seed=7, **CASES[name])
+    x, off, m, wshape = case["input"], case["offset"], case["mask"], tuple(case["weight"].shape)
+    n, c = x.shape[:2]
+    groups, ks = c // wshape[1], wshape[2:]
+    kk = ks[0] * ks[1]
+    conf = (case["stride"], case["padding"], case["dilation"])
+
+    def to_ref(cols: np.ndarray) -> np.ndarray:  # [n, L, groups, K, Cg] -> [n, groups, Cg, K, L] -> [n, C*K, L]
+        length = cols.shape[1]
+        return cols.reshape(n, length, groups, kk, c // groups).transpose(0, 2, 4, 3, 1).reshape(n, c * kk, length)
+
+    cols = _cpu_numba.columns(x, off, m, wshape, *conf)
+    want = R.deform_im2col(x.numpy(), off.numpy(), _np(m), ks, *conf)
+    np.testing.assert_allclose(to_ref(cols.numpy()), want, atol=1e-12)
+    gc = torch.randn(cols.shape, dtype=cols.dtype, generator=torch.Generator().manual_seed(8))
+    gi, go, gm = _cpu_numba.columns_backward(gc, x, off, m, wshape, *conf)
+    gc_ref = to_ref(gc.numpy())
+    np.testing.assert_allclose(gi.numpy(), R.deform_col2im(gc_ref, off.numpy(), _np(m), tuple(x.shape), ks, *conf),
+                               atol=1e-12)
+    ro, rm = R.deform_col2im_coord(gc_ref, x.numpy(), off.numpy(), _np(m), ks, *conf)
     np.testing.assert_allclose(go.numpy(), ro, atol=1e-12)
     assert (gm is None) == (rm is None)
     if gm is not None:

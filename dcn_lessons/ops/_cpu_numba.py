@@ -1,37 +1,45 @@
-"""Optional compiled CPU path for the three deformable-convolution primitives (Numba).
+"""Compiled CPU path of deformable convolution (Numba): channels-last, fused, table-free.
 
-Same contract, semantics and results as the tensor primitives in
-:mod:`dcn_lessons.ops.deform_conv` (DCNv1 Eq. 2-4, DCNv2 Eq. 1, the COURSE.md position rule);
-the difference is only speed:
+Same operator, semantics and results as the columns path of :mod:`dcn_lessons.ops.deform_conv`
+(DCNv1 Eq. 2-4, DCNv2 Eq. 1, the COURSE.md position rule); what differs is the memory layout, chosen
+so that the inner loops run over *channels*, contiguously, and vectorise:
 
-* the input is copied once into a zero-bordered plane ``[n, C, H+2, W+2]``: every corner of a sample
-  that is inside (-1 < y < H, -1 < x < W) then lies in the padded plane, and a corner off the map
-  reads the zero border, which is exactly Eq. (3)'s "neighbours outside the map contribute 0";
-* a *sampling table* is built once per call: for every (image, offset group, kernel point, output
-  pixel) the padded index of the top-left corner and the four weights ``bilinear weight * mask``
-  (all 0 for a sample outside), plus (ly, lx, inside) for the coordinate gradient. It is C/G times
-  smaller than the columns buffer;
-* the loops over channels then read the table and are branch-free: im2col is a 4-tap gather per
-  column entry, col2im a 4-tap scatter into the channel's own (padded) plane, col2im_coord four dot
-  products per sample (S_q of :func:`dcn_lessons.ops.deform_conv.deform_col2im_coord`);
-* the kernels are serial ``@njit(nogil=True, cache=True)`` functions over a range of (image,
-  channel) or (image, group, kernel point); ``torch.get_num_threads()`` Python threads each run one
-  range with the GIL released. No two threads write the same element (no atomics), and no second
-  OpenMP runtime competes with PyTorch's for the cores.
+* the input is copied once into a zero-bordered, channels-last plane ``xp [n, H+2, W+2, C]``: the four
+  corners of a sample that is inside (-1 < y < H, -1 < x < W) all lie in it, and a corner off the map
+  reads the zero border -- exactly Eq. (3)'s "neighbours outside the map contribute 0";
+* the columns are kernel-point-major, one row per output pixel: ``cols [n, Ho*Wo, groups*K*Cg]`` with
+  column ``(gi*K + k)*Cg + c'`` for channel ``c = gi*Cg + c'`` of weight group gi and kernel point k
+  (K = kh*kw, Cg = C/groups). The weight is permuted to match (``[groups, O/groups, K*Cg]``, a few
+  KB), so the GEMMs are the usual ones with a transposed operand, which BLAS takes without a copy;
+* one sampling position and its four bilinear weights are computed per (image, output pixel, offset
+  group, kernel point) and used for the C/G channels of that group in one contiguous loop, so no
+  table and no per-channel index arithmetic is needed;
+* the backward pass is one kernel: for every sample it scatters ``weight * grad_col`` into the
+  (padded, channels-last) input gradient *and* accumulates the four dot products S_q of
+  :func:`dcn_lessons.ops.deform_conv.deform_col2im_coord` that give the offset and mask gradients,
+  reading each column gradient once.
 
-Used by :func:`dcn_lessons.ops.deform_conv.deform_conv2d` for float32/float64 CPU tensors when
-Numba imports, unless ``DCN_LESSONS_CPU_FAST=0``; ``AVAILABLE`` is False without Numba and the
-operator falls back to the tensor path. Kernels compile on first use (seconds) and are cached on
-disk by Numba.
+Work is split over ``torch.get_num_threads()`` Python threads, each running a nogil kernel over a range
+of (image, output pixel) units; in the backward pass every thread but the first scatters into a private
+input-gradient buffer (samples of any pixel may land anywhere in the image), summed at the end: no
+atomics, deterministic results for a fixed thread count, and no second OpenMP runtime competing with
+PyTorch's for the cores.
+
+Used by :func:`dcn_lessons.ops.deform_conv.deform_conv2d` for float32/float64 CPU tensors when Numba
+imports, unless ``DCN_LESSONS_CPU_FAST=0``; ``AVAILABLE`` is False without Numba and the operator falls
+back to the columns path. Kernels compile on first use (seconds) and are cached on disk by Numba.
 """
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from dcn_lessons.ops.deform_conv import _chunk_size
 
 try:  # pragma: no cover - which branch runs depends on the environment
     from numba import njit
@@ -40,305 +48,381 @@ try:  # pragma: no cover - which branch runs depends on the environment
 except ImportError:  # pragma: no cover
     AVAILABLE = False
 
-IntPair = Union[int, Sequence[int]]
+Pair = tuple[int, int]
 
-#: Below this many column entries a primitive runs on the calling thread only.
+#: Below this many column entries (image * pixel * C * K) a call runs on the calling thread only.
 SERIAL_BELOW: int = 1 << 15
 
-
-def _pair(v: IntPair) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    a, b = v
-    return (int(a), int(b))
-
+# fastmath without nnan/ninf: a NaN offset must keep failing the "inside" test (it is treated as outside).
+_FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 
 if AVAILABLE:
 
-    @njit(nogil=True, cache=True)
-    def _table_kernel(off, msk, has_mask, h, w, kh, kw, sh, sw, ph, pw, dh, dw, base, wts, frac):  # type: ignore[no-untyped-def]
-        """Padded top-left index [T], corner weights [4, T] (mask folded in), (ly, lx, inside) [T, 3].
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def _columns_kernel(xp, off, msk, has_mask, kh, kw, sh, sw, ph, pw, dh, dw, wo, groups, start, stop, cols):  # type: ignore[no-untyped-def]
+        """cols[b, l, (gi*K + k)*Cg + c'] = mask * x_c(p0 + p_k + Δp_k) for units u = b*L + l in [start, stop).
 
-        T enumerates (image, offset group, kernel point, output pixel) in that order; the padded plane
-        has width w + 2, and corner (y0, x0) of an inside sample sits at (y0 + 1) * (w + 2) + x0 + 1.
+        xp ``[n, H+2, W+2, C]`` padded channels-last input; off ``[n, 2*G*K, L]``; msk ``[n, G*K, L]``
+        (ignored unless has_mask); cols ``[n, L, groups*K*Cg]``. Arithmetic in the input's dtype.
         """
-        n = off.shape[0]
-        ho, wo = off.shape[2], off.shape[3]
+        T = xp.dtype.type
+        h = xp.shape[1] - 2
+        w = xp.shape[2] - 2
+        c = xp.shape[3]
+        length = off.shape[2]
         kk = kh * kw
-        gc = off.shape[1] // (2 * kk)
-        wp = w + 2
-        t = 0
-        for b in range(n):
-            for g in range(gc):
+        ng = off.shape[1] // (2 * kk)
+        cog = c // ng
+        cg = c // groups
+        one = T(1.0)
+        for u in range(start, stop):
+            b = u // length
+            l_ = u - b * length
+            yo = l_ // wo
+            xo = l_ - yo * wo
+            row = cols[b, l_]
+            xb = xp[b]
+            for g in range(ng):
+                c_lo = g * cog
+                c_hi = c_lo + cog
                 for k in range(kk):
                     i = k // kw
                     j = k - i * kw
-                    oc = g * 2 * kk + 2 * k
-                    for yo in range(ho):
-                        for xo in range(wo):
-                            py = yo * sh - ph + i * dh + off[b, oc, yo, xo]
-                            px = xo * sw - pw + j * dw + off[b, oc + 1, yo, xo]
-                            if py > -1.0 and py < h and px > -1.0 and px < w:
-                                y0 = np.floor(py)
-                                x0 = np.floor(px)
-                                ly = py - y0
-                                lx = px - x0
-                                m = msk[b, g * kk + k, yo, xo] if has_mask else 1.0
-                                base[t] = (int(y0) + 1) * wp + int(x0) + 1
-                                wts[0, t] = (1.0 - ly) * (1.0 - lx) * m
-                                wts[1, t] = (1.0 - ly) * lx * m
-                                wts[2, t] = ly * (1.0 - lx) * m
-                                wts[3, t] = ly * lx * m
-                                frac[t, 0] = ly
-                                frac[t, 1] = lx
-                                frac[t, 2] = 1.0
-                            else:
-                                base[t] = 0
-                                for q in range(4):
-                                    wts[q, t] = 0.0
-                                for q in range(3):
-                                    frac[t, q] = 0.0
-                            t += 1
+                    oc = 2 * (g * kk + k)
+                    py = T(yo * sh - ph + i * dh) + off[b, oc, l_]
+                    px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
+                    inside = py > -1.0 and py < h and px > -1.0 and px < w
+                    if inside:
+                        y0 = math.floor(py)
+                        x0 = math.floor(px)
+                        ly = py - T(y0)
+                        lx = px - T(x0)
+                        m = msk[b, g * kk + k, l_] if has_mask else one
+                        w00 = (one - ly) * (one - lx) * m
+                        w01 = (one - ly) * lx * m
+                        w10 = ly * (one - lx) * m
+                        w11 = ly * lx * m
+                        yi = int(y0) + 1
+                        xi = int(x0) + 1
+                    gi = c_lo // cg
+                    while gi * cg < c_hi:  # the weight groups this offset group's channels fall in
+                        lo = max(c_lo, gi * cg)
+                        cnt = min(c_hi, (gi + 1) * cg) - lo
+                        col = (gi * kk + k) * cg + lo - gi * cg
+                        dst = row[col:col + cnt]
+                        if inside:
+                            # slices + loops from 0: no negative-index handling, so the loop vectorises
+                            a = xb[yi, xi, lo:lo + cnt]
+                            bb = xb[yi, xi + 1, lo:lo + cnt]
+                            cc = xb[yi + 1, xi, lo:lo + cnt]
+                            d = xb[yi + 1, xi + 1, lo:lo + cnt]
+                            for ch in range(cnt):
+                                dst[ch] = w00 * a[ch] + w01 * bb[ch] + w10 * cc[ch] + w11 * d[ch]
+                        else:
+                            for ch in range(cnt):
+                                dst[ch] = 0
+                        gi += 1
 
-    @njit(nogil=True, cache=True)
-    def _im2col_range(xp, base, w0, w1, w2, w3, ch, cg, hwp, wp, kk, length, start, stop, cols):  # type: ignore[no-untyped-def]
-        """cols[(b*C + c)*K + k, l] = the four weights times the padded plane at the four corners.
+    @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+    def _backward_kernel(xp, off, msk, has_mask, gcols, kh, kw, sh, sw, ph, pw, dh, dw, wo, groups,  # type: ignore[no-untyped-def]
+                         need_input, need_coord, start, stop, gp, goff, gmsk):
+        """Input, offset and mask gradients of the columns for units u = b*L + l in [start, stop).
 
-        Work unit = one (image, channel) pair, units [start, stop): its padded plane stays in cache
-        while the unit writes its K consecutive rows of columns.
+        gcols ``[n, L, groups*K*Cg]`` (layout of :func:`_columns_kernel`). Adds ``w_q * mask * gcol`` into
+        the padded channels-last ``gp`` (if need_input) and writes, per sample, with S_q = sum over the
+        group's channels of ``gcol * x(q)`` (if need_coord):
+
+            goff[b, 2k]   = m * (hx*(S10 - S00) + lx*(S11 - S01))     (Δy)
+            goff[b, 2k+1] = m * (hy*(S01 - S00) + ly*(S11 - S10))     (Δx)
+            gmsk[b, k]    = hy*hx*S00 + hy*lx*S01 + ly*hx*S10 + ly*lx*S11
+
+        and 0 for a sample outside (not -1 < y < H and -1 < x < W).
         """
-        gcount = ch // cg
-        for nc in range(start, stop):
-            b = nc // ch
-            g = (nc - b * ch) // cg
-            plane = nc * hwp
-            for k in range(kk):
-                t0 = ((b * gcount + g) * kk + k) * length
-                row = (nc * kk + k) * length
-                for l_ in range(length):
-                    t = t0 + l_
-                    q = plane + base[t]
-                    cols[row + l_] = w0[t] * xp[q] + w1[t] * xp[q + 1] + w2[t] * xp[q + wp] + w3[t] * xp[q + wp + 1]
+        T = xp.dtype.type
+        h = xp.shape[1] - 2
+        w = xp.shape[2] - 2
+        c = xp.shape[3]
+        length = off.shape[2]
+        kk = kh * kw
+        ng = off.shape[1] // (2 * kk)
+        cog = c // ng
+        cg = c // groups
+        one = T(1.0)
+        zero = T(0.0)
+        for u in range(start, stop):
+            b = u // length
+            l_ = u - b * length
+            yo = l_ // wo
+            xo = l_ - yo * wo
+            grow = gcols[b, l_]
+            xb = xp[b]
+            gb = gp[b]
+            for g in range(ng):
+                c_lo = g * cog
+                c_hi = c_lo + cog
+                for k in range(kk):
+                    i = k // kw
+                    j = k - i * kw
+                    oc = 2 * (g * kk + k)
+                    py = T(yo * sh - ph + i * dh) + off[b, oc, l_]
+                    px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
+                    if not (py > -1.0 and py < h and px > -1.0 and px < w):
+                        if need_coord:
+                            goff[b, oc, l_] = zero
+                            goff[b, oc + 1, l_] = zero
+                            if has_mask:
+                                gmsk[b, g * kk + k, l_] = zero
+                        continue
+                    y0 = math.floor(py)
+                    x0 = math.floor(px)
+                    ly = py - T(y0)
+                    lx = px - T(x0)
+                    hy = one - ly
+                    hx = one - lx
+                    m = msk[b, g * kk + k, l_] if has_mask else one
+                    yi = int(y0) + 1
+                    xi = int(x0) + 1
+                    s00 = zero
+                    s01 = zero
+                    s10 = zero
+                    s11 = zero
+                    w00 = hy * hx * m
+                    w01 = hy * lx * m
+                    w10 = ly * hx * m
+                    w11 = ly * lx * m
+                    gi = c_lo // cg
+                    while gi * cg < c_hi:
+                        lo = max(c_lo, gi * cg)
+                        cnt = min(c_hi, (gi + 1) * cg) - lo
+                        col = (gi * kk + k) * cg + lo - gi * cg
+                        gv = grow[col:col + cnt]
+                        if need_input:
+                            ga = gb[yi, xi, lo:lo + cnt]
+                            gbb = gb[yi, xi + 1, lo:lo + cnt]
+                            gc = gb[yi + 1, xi, lo:lo + cnt]
+                            gd = gb[yi + 1, xi + 1, lo:lo + cnt]
+                            for ch in range(cnt):
+                                ga[ch] += w00 * gv[ch]
+                                gbb[ch] += w01 * gv[ch]
+                                gc[ch] += w10 * gv[ch]
+                                gd[ch] += w11 * gv[ch]
+                        if need_coord:
+                            a = xb[yi, xi, lo:lo + cnt]
+                            bb = xb[yi, xi + 1, lo:lo + cnt]
+                            cc = xb[yi + 1, xi, lo:lo + cnt]
+                            d = xb[yi + 1, xi + 1, lo:lo + cnt]
+                            for ch in range(cnt):
+                                s00 += gv[ch] * a[ch]
+                                s01 += gv[ch] * bb[ch]
+                                s10 += gv[ch] * cc[ch]
+                                s11 += gv[ch] * d[ch]
+                        gi += 1
+                    if need_coord:
+                        goff[b, oc, l_] = m * (hx * (s10 - s00) + lx * (s11 - s01))
+                        goff[b, oc + 1, l_] = m * (hy * (s01 - s00) + ly * (s11 - s10))
+                        if has_mask:
+                            gmsk[b, g * kk + k, l_] = hy * hx * s00 + hy * lx * s01 + ly * hx * s10 + ly * lx * s11
 
-    @njit(nogil=True, cache=True)
-    def _col2im_range(gcols, base, w0, w1, w2, w3, ch, cg, hwp, wp, kk, length, start, stop, gp):  # type: ignore[no-untyped-def]
-        """Scatter gcols[(b*C + c)*K + k, l] through the four weights into the padded gradient plane.
 
-        Same work units as :func:`_im2col_range`: a channel's plane is written by one unit only.
-        """
-        gcount = ch // cg
-        for nc in range(start, stop):
-            b = nc // ch
-            g = (nc - b * ch) // cg
-            plane = nc * hwp
-            for k in range(kk):
-                t0 = ((b * gcount + g) * kk + k) * length
-                row = (nc * kk + k) * length
-                for l_ in range(length):
-                    t = t0 + l_
-                    gv = gcols[row + l_]
-                    q = plane + base[t]
-                    gp[q] += w0[t] * gv
-                    gp[q + 1] += w1[t] * gv
-                    gp[q + wp] += w2[t] * gv
-                    gp[q + wp + 1] += w3[t] * gv
-
-    @njit(nogil=True, cache=True)
-    def _coord_range(gcols, xp, base, frac, msk, has_mask, ch, cg, hwp, wp, kk, length, start, stop, grad_off, grad_msk):  # type: ignore[no-untyped-def]
-        """Offset (and mask) gradients for units (b, g, k) in [start, stop): S_q dot products, then the rule."""
-        gcount = ch // cg
-        s = np.zeros((4, length), np.float64)
-        for bgk in range(start, stop):
-            b = bgk // (gcount * kk)
-            r = bgk - b * gcount * kk
-            g = r // kk
-            k = r - g * kk
-            t0 = bgk * length
-            s[:, :] = 0.0
-            for c in range(g * cg, (g + 1) * cg):
-                plane = (b * ch + c) * hwp
-                row = ((b * ch + c) * kk + k) * length
-                for l_ in range(length):
-                    gv = gcols[row + l_]
-                    q = plane + base[t0 + l_]  # an outside sample points at the plane's corner; zeroed below
-                    s[0, l_] += gv * xp[q]
-                    s[1, l_] += gv * xp[q + 1]
-                    s[2, l_] += gv * xp[q + wp]
-                    s[3, l_] += gv * xp[q + wp + 1]
-            oc = (b * gcount + g) * 2 * kk + 2 * k
-            for l_ in range(length):
-                t = t0 + l_
-                ly = frac[t, 0]
-                lx = frac[t, 1]
-                inside = frac[t, 2]
-                gy = inside * ((1.0 - lx) * (s[2, l_] - s[0, l_]) + lx * (s[3, l_] - s[1, l_]))
-                gx = inside * ((1.0 - ly) * (s[1, l_] - s[0, l_]) + ly * (s[3, l_] - s[2, l_]))
-                if has_mask:
-                    m = msk[t]
-                    gy *= m
-                    gx *= m
-                    grad_msk[t] = inside * (
-                        (1.0 - ly) * (1.0 - lx) * s[0, l_]
-                        + (1.0 - ly) * lx * s[1, l_]
-                        + ly * (1.0 - lx) * s[2, l_]
-                        + ly * lx * s[3, l_]
-                    )
-                grad_off[oc * length + l_] = gy
-                grad_off[(oc + 1) * length + l_] = gx
-
-
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
-
-
+# ------------------------------------------------------------------------------------------- helpers
 _POOL: Optional[ThreadPoolExecutor] = None
 
 
-def _run_ranges(fn: Callable[..., Any], total: int, work: int, *args: Any) -> None:
-    """Run ``fn(*args[:-1], start, stop, args[-1])`` over [0, total) split across torch's thread count."""
+def _threads(total: int, work: int) -> int:
+    """How many threads to split ``total`` units over (1 below :data:`SERIAL_BELOW` entries of work)."""
+    if work < SERIAL_BELOW:
+        return 1
+    return max(1, min(torch.get_num_threads(), total))
+
+
+def _run(nt: int, total: int, job: Callable[[int, int, int], Any]) -> None:
+    """Run ``job(thread_index, start, stop)`` over [0, total) cut into ``nt`` ranges, the first on this thread."""
     global _POOL
-    nt = max(1, min(torch.get_num_threads(), total))
-    *head, out = args
-    if nt == 1 or work < SERIAL_BELOW:
-        fn(*head, 0, total, out)
+    if nt == 1:
+        job(0, 0, total)
         return
     if _POOL is None or _POOL._max_workers < nt - 1:  # noqa: SLF001 - size check of our own pool
         _POOL = ThreadPoolExecutor(max_workers=nt - 1, thread_name_prefix="dcn-cpu")
     bounds = [total * i // nt for i in range(nt + 1)]
-    futs = [_POOL.submit(fn, *head, bounds[i], bounds[i + 1], out) for i in range(1, nt)]
-    fn(*head, bounds[0], bounds[1], out)
+    futs = [_POOL.submit(job, t, bounds[t], bounds[t + 1]) for t in range(1, nt)]
+    job(0, bounds[0], bounds[1])
     for f in futs:
         f.result()
 
 
-def _geometry(kernel_size: IntPair, stride: IntPair, padding: IntPair, dilation: IntPair) -> tuple[int, ...]:
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
-    return kh, kw, sh, sw, ph, pw, dh, dw
+def _padded_nhwc(x: Tensor) -> Tensor:
+    """``[n, C, H, W]`` -> zero-bordered channels-last ``[n, H+2, W+2, C]`` (contiguous)."""
+    return torch.nn.functional.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
 
 
-class _Table:
-    """The sampling table of one call (see the module docstring)."""
-
-    def __init__(self, offset: Tensor, mask: Optional[Tensor], h: int, w: int, geo: tuple[int, ...]) -> None:
-        n, ch2, ho, wo = offset.shape
-        kk = geo[0] * geo[1]
-        self.groups = ch2 // (2 * kk)
-        self.length = ho * wo
-        self.wp = w + 2
-        self.hwp = (h + 2) * (w + 2)
-        t = n * self.groups * kk * self.length
-        dt = _np(offset[:0]).dtype
-        self.base = np.empty(t, np.int64)
-        self.wts = np.empty((4, t), dt)  # one contiguous row per corner
-        self.frac = np.empty((t, 3), dt)
-        m = _np(mask) if mask is not None else np.zeros((1, 1, 1, 1), dt)
-        _table_kernel(_np(offset), m, mask is not None, h, w, *geo, self.base, self.wts, self.frac)
+def _weight_kmajor(weight: Tensor, groups: int) -> Tensor:
+    """``[O, Cg, kh, kw]`` -> ``[groups, O/groups, K*Cg]`` with column ``k*Cg + c'`` (the columns' order)."""
+    o, cg, kh, kw = weight.shape
+    return weight.reshape(groups, o // groups, cg, kh * kw).transpose(2, 3).reshape(groups, o // groups, kh * kw * cg)
 
 
-def _padded(x: Tensor) -> np.ndarray:
-    """``[n, C, H, W]`` -> flat zero-bordered ``[n, C, H+2, W+2]`` (the border reads as Eq. 3's zeros)."""
-    return torch.nn.functional.pad(x.detach(), (1, 1, 1, 1)).contiguous().numpy().reshape(-1)
-
-
-def _supported(*ts: Optional[Tensor]) -> bool:
+def supports(*ts: Optional[Tensor]) -> bool:
+    """True when this path handles these tensors (CPU, float32 or float64)."""
     return all(t is None or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)) for t in ts)
 
 
-class _NumbaKernels:
-    """The compiled CPU path: same methods, arguments and results as the tensor primitives.
+class _Geometry:
+    """Per-call constants: sizes, groups, chunk size, and the arguments both kernels share."""
 
-    Falls back to the tensor primitives for dtypes other than float32/float64 (e.g. bfloat16).
+    def __init__(self, input_shape: Sequence[int], offset: Tensor, weight_shape: Sequence[int], dtype: torch.dtype,
+                 stride: Pair, padding: Pair, dilation: Pair) -> None:
+        self.n, self.c, self.h, self.w = (int(v) for v in input_shape)
+        self.o, self.cg, self.kh, self.kw = (int(v) for v in weight_shape)
+        self.groups = self.c // self.cg
+        self.ho, self.wo = offset.shape[2], offset.shape[3]
+        self.length = self.ho * self.wo
+        self.kk = self.kh * self.kw
+        self.rows = self.c * self.kk  # column entries per output pixel
+        self.args = (self.kh, self.kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                     self.wo, self.groups)
+        self.dtype = dtype
+        # images per chunk: one columns buffer of at most deform_conv.COLUMNS_BUDGET_BYTES alive at a time
+        self.step = _chunk_size(self.n, self.rows, self.length, torch.empty(0, dtype=dtype).element_size())
+
+
+class _Chunk:
+    """Images [s, e) of one call, in the kernels' layouts: padded channels-last input, flat offset and mask."""
+
+    def __init__(self, geo: _Geometry, input: Tensor, offset: Tensor, mask: Optional[Tensor], s: int, e: int) -> None:
+        self.geo, self.nb = geo, e - s
+        self.xp = _padded_nhwc(input[s:e].detach()).numpy()
+        self.off = offset[s:e].detach().reshape(e - s, offset.shape[1], -1).contiguous().numpy()
+        self.has_mask = mask is not None
+        if mask is None:
+            self.msk = np.zeros((1, 1, 1), self.off.dtype)
+        else:
+            self.msk = mask[s:e].detach().reshape(e - s, mask.shape[1], -1).contiguous().numpy()
+
+    def columns(self) -> Tensor:
+        """``[nb, L, groups*K*Cg]``: mask * x sampled at every kernel point (layout of :func:`_columns_kernel`)."""
+        geo = self.geo
+        cols = torch.empty(self.nb, geo.length, geo.rows, dtype=geo.dtype)
+        out = cols.numpy()
+        total = self.nb * geo.length
+        _run(_threads(total, cols.numel()), total, lambda t, a, b: _columns_kernel(
+            self.xp, self.off, self.msk, self.has_mask, *geo.args, a, b, out))
+        return cols
+
+    def columns_backward(self, grad_columns: Tensor, need_input: bool, need_coord: bool
+                         ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """``(grad_input [nb, C, H, W], grad_offset, grad_mask)`` of the columns' gradient (None where not asked)."""
+        geo, nb = self.geo, self.nb
+        gc = grad_columns.contiguous().numpy()
+        total = nb * geo.length
+        nt = _threads(total, gc.size)
+        dummy = np.zeros((1, 1, 1, 1), self.xp.dtype)
+        # every thread scatters into its own input-gradient buffer: samples may land anywhere in the image
+        gps = [np.zeros(self.xp.shape, self.xp.dtype) if need_input else dummy for _ in range(nt)]
+        goff = torch.empty(nb, self.off.shape[1], geo.ho, geo.wo, dtype=geo.dtype) if need_coord else None
+        gm = torch.empty(nb, self.msk.shape[1], geo.ho, geo.wo, dtype=geo.dtype) if (need_coord and self.has_mask) else None
+        goff_np = goff.view(nb, -1, geo.length).numpy() if goff is not None else dummy[0]
+        gm_np = gm.view(nb, -1, geo.length).numpy() if gm is not None else dummy[0]
+        _run(nt, total, lambda t, a, b: _backward_kernel(
+            self.xp, self.off, self.msk, self.has_mask, gc, *geo.args, need_input, need_coord, a, b, gps[t],
+            goff_np, gm_np))
+        gi = None
+        if need_input:
+            acc = gps[0]
+            for extra in gps[1:]:
+                acc += extra
+            gi = torch.from_numpy(acc[:, 1:-1, 1:-1]).permute(0, 3, 1, 2)  # the border collected what fell off
+        return gi, goff, gm
+
+
+def columns(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight_shape: Sequence[int],
+            stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
+    """Deformable im2col in this path's layout: ``[n, Ho*Wo, groups*K*Cg]``, column ``(gi*K + k)*Cg + c'``.
+
+    The same numbers as :func:`dcn_lessons.ops.deform_conv.deform_im2col` (DCNv1 Eq. 2-3, DCNv2 Eq. 1),
+    rearranged: that function's row ``c*K + k`` at pixel l is this one's ``[l, (gi*K + k)*Cg + c']`` with
+    ``c = gi*Cg + c'`` and ``Cg = weight_shape[1]``.
+    """
+    geo = _Geometry(input.shape, offset, weight_shape, input.dtype, stride, padding, dilation)
+    return _Chunk(geo, input, offset, mask, 0, geo.n).columns()
+
+
+def columns_backward(grad_columns: Tensor, input: Tensor, offset: Tensor, mask: Optional[Tensor],
+                     weight_shape: Sequence[int], stride: Pair, padding: Pair, dilation: Pair
+                     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Input, offset and mask gradients of :func:`columns` (``deform_col2im`` and ``deform_col2im_coord``
+    of :mod:`dcn_lessons.ops.deform_conv` in one pass), for ``grad_columns`` in this path's layout."""
+    geo = _Geometry(input.shape, offset, weight_shape, input.dtype, stride, padding, dilation)
+    gi, goff, gm = _Chunk(geo, input, offset, mask, 0, geo.n).columns_backward(grad_columns, True, True)
+    assert gi is not None and goff is not None
+    return gi.contiguous(), goff, gm
+
+
+class _NumbaPath:
+    """The compiled CPU path: :meth:`forward` and :meth:`backward` of deformable convolution (no bias).
+
+    Same methods and results as :class:`dcn_lessons.ops.deform_conv._ColumnsPath`; the GEMMs run per image
+    and weight group with the columns as a transposed operand (BLAS reads it in place).
     """
 
     name = "cpu-numba"
 
-    def deform_im2col(
-        self,
-        input: Tensor,
-        offset: Tensor,
-        mask: Optional[Tensor],
-        kernel_size: IntPair,
-        stride: IntPair,
-        padding: IntPair,
-        dilation: IntPair,
-    ) -> Tensor:
-        """Deformable im2col (DCNv1 Eq. 2-3, DCNv2 Eq. 1): columns ``[n, C*kh*kw, Ho*Wo]``."""
-        if not _supported(input, offset, mask):
-            from dcn_lessons.ops.deform_conv import deform_im2col
+    def forward(self, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
+                stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
+        """``[N, O, Ho, Wo]``: DCNv1 Eq. (2) / DCNv2 Eq. (1) without the bias."""
+        geo = _Geometry(input.shape, offset, weight.shape, input.dtype, stride, padding, dilation)
+        groups, og, kc = geo.groups, geo.o // geo.groups, geo.kk * geo.cg
+        w_k = _weight_kmajor(weight.detach(), groups).contiguous()
+        out = input.new_empty(geo.n, geo.o, geo.ho, geo.wo)
+        out_v = out.view(geo.n, groups, og, geo.length)
+        for s in range(0, geo.n, geo.step):
+            e = min(geo.n, s + geo.step)
+            cols = _Chunk(geo, input, offset, mask, s, e).columns()
+            for b in range(e - s):
+                for gi in range(groups):
+                    torch.mm(w_k[gi], cols[b, :, gi * kc:(gi + 1) * kc].t(), out=out_v[s + b, gi])
+            del cols
+        return out
 
-            return deform_im2col(input, offset, mask, kernel_size, stride, padding, dilation)
-        geo = _geometry(kernel_size, stride, padding, dilation)
-        n, c, h, w = input.shape
-        kk = geo[0] * geo[1]
-        tab = _Table(offset, mask, h, w, geo)
-        cols = torch.empty(n, c * kk, tab.length, dtype=input.dtype)
-        cg = c // tab.groups
-        _run_ranges(_im2col_range, n * c, cols.numel(), _padded(input), tab.base, *tab.wts, c,
-                    cg, tab.hwp, tab.wp, kk, tab.length, cols.numpy().reshape(-1))
-        return cols
-
-    def deform_col2im(
-        self,
-        grad_columns: Tensor,
-        offset: Tensor,
-        mask: Optional[Tensor],
-        input_shape: Sequence[int],
-        kernel_size: IntPair,
-        stride: IntPair,
-        padding: IntPair,
-        dilation: IntPair,
-    ) -> Tensor:
-        """Input gradient of deformable im2col (scatter through the bilinear weights): ``[n, C, H, W]``."""
-        if not _supported(grad_columns, offset, mask):
-            from dcn_lessons.ops.deform_conv import deform_col2im
-
-            return deform_col2im(grad_columns, offset, mask, input_shape, kernel_size, stride, padding, dilation)
-        geo = _geometry(kernel_size, stride, padding, dilation)
-        n, c, h, w = (int(s) for s in input_shape)
-        kk = geo[0] * geo[1]
-        tab = _Table(offset, mask, h, w, geo)
-        gp = torch.zeros(n, c, h + 2, w + 2, dtype=grad_columns.dtype)
-        cg = c // tab.groups
-        _run_ranges(_col2im_range, n * c, grad_columns.numel(), _np(grad_columns).reshape(-1), tab.base, *tab.wts,
-                    c, cg, tab.hwp, tab.wp, kk, tab.length, gp.numpy().reshape(-1))
-        return gp[:, :, 1:-1, 1:-1].contiguous()  # the border collected what fell off the map: dropped
-
-    def deform_col2im_coord(
-        self,
-        grad_columns: Tensor,
-        input: Tensor,
-        offset: Tensor,
-        mask: Optional[Tensor],
-        kernel_size: IntPair,
-        stride: IntPair,
-        padding: IntPair,
-        dilation: IntPair,
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """Offset and mask gradients of deformable im2col (COURSE.md position rule)."""
-        if not _supported(grad_columns, input, offset, mask):
-            from dcn_lessons.ops.deform_conv import deform_col2im_coord
-
-            return deform_col2im_coord(grad_columns, input, offset, mask, kernel_size, stride, padding, dilation)
-        geo = _geometry(kernel_size, stride, padding, dilation)
-        n, c, h, w = input.shape
-        kk = geo[0] * geo[1]
-        tab = _Table(offset, mask, h, w, geo)
-        grad_off = torch.empty(offset.shape, dtype=input.dtype)
-        grad_m = torch.empty(mask.shape if mask is not None else (1,), dtype=input.dtype)
-        m = _np(mask).reshape(-1) if mask is not None else np.zeros(1, _np(input[:0]).dtype)
-        outs = (grad_off.numpy().reshape(-1), grad_m.numpy().reshape(-1))
-        _run_ranges(_coord_pair, n * tab.groups * kk, grad_columns.numel(), _np(grad_columns).reshape(-1),
-                    _padded(input), tab.base, tab.frac, m, mask is not None, c, c // tab.groups,
-                    tab.hwp, tab.wp, kk, tab.length, outs)
-        return grad_off, (grad_m if mask is not None else None)
+    def backward(self, grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
+                 stride: Pair, padding: Pair, dilation: Pair, need_input: bool, need_offset: bool, need_weight: bool,
+                 need_mask: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """``(grad_input, grad_offset, grad_weight, grad_mask)``, None where not asked for."""
+        geo = _Geometry(input.shape, offset, weight.shape, input.dtype, stride, padding, dilation)
+        groups, og, kc = geo.groups, geo.o // geo.groups, geo.kk * geo.cg
+        w_k = _weight_kmajor(weight.detach(), groups).contiguous()
+        go = grad_output.reshape(geo.n, groups, og, geo.length)
+        need_coord = need_offset or (need_mask and mask is not None)
+        grad_input = input.new_empty(input.shape) if need_input else None
+        grad_offset = offset.new_empty(offset.shape) if need_coord else None
+        grad_mask = mask.new_empty(mask.shape) if (need_coord and mask is not None) else None
+        gw_k = weight.new_zeros(groups, og, kc) if need_weight else None
+        for s in range(0, geo.n, geo.step):
+            e = min(geo.n, s + geo.step)
+            chunk = _Chunk(geo, input, offset, mask, s, e)
+            if gw_k is not None:  # grad_weight = grad_out @ columns, the columns recomputed (not kept from forward)
+                cols = chunk.columns()
+                for b in range(e - s):
+                    for gi in range(groups):
+                        gw_k[gi].addmm_(go[s + b, gi], cols[b, :, gi * kc:(gi + 1) * kc])
+                del cols
+            if not (need_input or need_coord):
+                continue
+            gcols = input.new_empty(e - s, geo.length, geo.rows)  # grad_columns = grad_out^T @ weight
+            for b in range(e - s):
+                for gi in range(groups):
+                    torch.mm(go[s + b, gi].t(), w_k[gi], out=gcols[b, :, gi * kc:(gi + 1) * kc])
+            gi_, goff, gm = chunk.columns_backward(gcols, need_input, need_coord)
+            del gcols
+            if grad_input is not None:
+                grad_input[s:e] = gi_
+            if grad_offset is not None:
+                grad_offset[s:e] = goff
+            if grad_mask is not None:
+                grad_mask[s:e] = gm
+        gw = None
+        if gw_k is not None:
+            gw = gw_k.reshape(groups, og, geo.kk, geo.cg).transpose(2, 3).reshape(weight.shape)
+        return grad_input, grad_offset, gw, grad_mask
 
 
-def _coord_pair(*args: Any) -> None:
-    *head, start, stop, outs = args
-    _coord_range(*head, start, stop, outs[0], outs[1])
-
-
-KERNELS = _NumbaKernels()
+PATH = _NumbaPath()

@@ -32,8 +32,9 @@ Conventions (``COURSE.md``, shared with torchvision and mmcv):
   tier does not scan for them (that would cost a device sync).
 
 The three primitives :func:`deform_im2col`, :func:`deform_col2im` and :func:`deform_col2im_coord`
-are the contract shared with the CUDA tier (``dcn_lessons.cuda.kernels_for``) and the optional
-compiled CPU path (``dcn_lessons.ops._cpu_numba``); :func:`deform_conv2d` dispatches per call.
+are the contract shared with the CUDA tier (``dcn_lessons.cuda.kernels_for``); the optional compiled
+CPU path (``dcn_lessons.ops._cpu_numba``) computes the same forward and backward with its own,
+channels-last layout. :func:`deform_conv2d` dispatches per call.
 """
 from __future__ import annotations
 
@@ -287,6 +288,87 @@ class _TensorPath:
 _TENSOR_PATH = _TensorPath()
 
 
+def _chunk_size(n: int, rows: int, length: int, itemsize: int) -> int:
+    """Images per chunk so that one columns buffer of ``rows x length`` per image stays within budget."""
+    per_image = max(1, rows * length * itemsize)
+    return max(1, min(n, COLUMNS_BUDGET_BYTES // per_image))
+
+
+class _ColumnsPath:
+    """Forward and backward through three primitives (DCNv1 App. A): im2col, GEMM, col2im and col2im_coord.
+
+    ``kern`` is the tensor path above or the CUDA kernels (``dcn_lessons.cuda``); the columns are
+    ``[n, C*kh*kw, Ho*Wo]`` (row ``c*K + k``) and the batch is walked in chunks of images so that at most
+    one columns buffer of :data:`COLUMNS_BUDGET_BYTES` is alive at a time.
+    """
+
+    def __init__(self, kern: Any) -> None:
+        self.kern = kern
+        self.name = str(getattr(kern, "name", type(kern).__name__))
+
+    def forward(self, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
+                stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
+        """``[N, O, Ho, Wo]``: DCNv1 Eq. (2) / DCNv2 Eq. (1) without the bias."""
+        n, c, _, _ = input.shape
+        o, cg, kh, kw = weight.shape
+        groups = c // cg
+        ho, wo = offset.shape[2], offset.shape[3]
+        length = ho * wo
+        w_g = weight.reshape(groups, o // groups, cg * kh * kw)
+        out = input.new_empty(n, o, ho, wo)
+        step = _chunk_size(n, c * kh * kw, length, input.element_size())
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            cols = self.kern.deform_im2col(
+                input[s:e], offset[s:e], None if mask is None else mask[s:e], (kh, kw), stride, padding, dilation
+            )
+            res = torch.matmul(w_g, cols.view(e - s, groups, cg * kh * kw, length))  # [n, groups, O/g, L]
+            out[s:e] = res.view(e - s, o, ho, wo)
+        return out
+
+    def backward(self, grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
+                 stride: Pair, padding: Pair, dilation: Pair, need_input: bool, need_offset: bool, need_weight: bool,
+                 need_mask: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """``(grad_input, grad_offset, grad_weight, grad_mask)``, None where not asked for."""
+        n, c, h, w = input.shape
+        o, cg, kh, kw = weight.shape
+        groups = c // cg
+        ho, wo = offset.shape[2], offset.shape[3]
+        length = ho * wo
+        ks = (kh, kw)
+        rows = cg * kh * kw
+        need_mask = need_mask and mask is not None
+        w_g = weight.reshape(groups, o // groups, rows)
+        go = grad_output.reshape(n, groups, o // groups, length)
+        grad_input = torch.zeros_like(input) if need_input else None
+        grad_offset = torch.zeros_like(offset) if need_offset else None
+        grad_mask = torch.zeros_like(mask) if need_mask else None
+        grad_weight = torch.zeros(groups, o // groups, rows, dtype=weight.dtype, device=weight.device) if need_weight else None
+        step = _chunk_size(n, c * kh * kw, length, input.element_size())
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            x, off = input[s:e], offset[s:e]
+            m = None if mask is None else mask[s:e]
+            go_c = go[s:e]
+            if grad_weight is not None:
+                cols = self.kern.deform_im2col(x, off, m, ks, stride, padding, dilation)
+                cols = cols.view(e - s, groups, rows, length)
+                grad_weight += torch.matmul(go_c, cols.transpose(2, 3)).sum(0)
+                del cols
+            if need_input or need_offset or need_mask:
+                gcols = torch.matmul(w_g.transpose(1, 2), go_c).reshape(e - s, c * kh * kw, length)
+                if grad_input is not None:
+                    grad_input[s:e] = self.kern.deform_col2im(gcols, off, m, x.shape, ks, stride, padding, dilation)
+                if grad_offset is not None or grad_mask is not None:
+                    g_off, g_m = self.kern.deform_col2im_coord(gcols, x, off, m, ks, stride, padding, dilation)
+                    if grad_offset is not None:
+                        grad_offset[s:e] = g_off
+                    if grad_mask is not None:
+                        grad_mask[s:e] = g_m
+        gw = grad_weight.reshape(weight.shape) if grad_weight is not None else None
+        return grad_input, grad_offset, gw, grad_mask
+
+
 # ----------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +393,7 @@ def cpu_fast_path_available() -> bool:
 
 
 def _kernels(input: Tensor) -> Any:
-    """The backend for this call: CUDA kernels, the compiled CPU path, or the tensor path."""
+    """The primitives of the columns path for this call: the CUDA kernels or the tensor path."""
     import dcn_lessons.cuda as _cuda
 
     kernels_for = getattr(_cuda, "kernels_for", None)
@@ -319,27 +401,28 @@ def _kernels(input: Tensor) -> Any:
         k = kernels_for(input)
         if k is not None:
             return k
+    return _TENSOR_PATH
+
+
+def _implementation(input: Tensor) -> Any:
+    """What runs this call: the compiled CPU path (float32/float64 CPU tensors, unless
+    ``DCN_LESSONS_CPU_FAST=0``), else the columns path over the CUDA kernels or the tensor primitives."""
     if input.device.type == "cpu" and _cpu_fast_enabled() and cpu_fast_path_available():
         from dcn_lessons.ops import _cpu_numba
 
-        return _cpu_numba.KERNELS
-    return _TENSOR_PATH
+        if _cpu_numba.supports(input):
+            return _cpu_numba.PATH
+    return _ColumnsPath(_kernels(input))
 
 
 def active_backend(input: Tensor) -> str:
     """Name of the backend :func:`deform_conv2d` would use for ``input`` now ("tensor", "cpu-numba", ...)."""
-    k = _kernels(input)
-    return str(getattr(k, "name", type(k).__name__))
+    return str(_implementation(input).name)
 
 
 # ----------------------------------------------------------------------------------------------
 # The autograd Function
 # ----------------------------------------------------------------------------------------------
-def _chunk_size(n: int, rows: int, length: int, itemsize: int) -> int:
-    per_image = max(1, rows * length * itemsize)
-    return max(1, min(n, COLUMNS_BUDGET_BYTES // per_image))
-
-
 class _DeformConv2dFunction(torch.autograd.Function):
     """Deformable convolution with a hand-written backward (columns + GEMM, DCNv1 App. A)."""
 
@@ -355,25 +438,9 @@ class _DeformConv2dFunction(torch.autograd.Function):
         padding: Pair,
         dilation: Pair,
     ) -> Tensor:
-        n, c, _, _ = input.shape
-        o, cg, kh, kw = weight.shape
-        groups = c // cg
-        ho, wo = offset.shape[2], offset.shape[3]
-        length = ho * wo
-        ks = (kh, kw)
-        kern = _kernels(input)
-        w_g = weight.reshape(groups, o // groups, cg * kh * kw)
-        out = input.new_empty(n, o, ho, wo)
-        step = _chunk_size(n, c * kh * kw, length, input.element_size())
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            cols = kern.deform_im2col(
-                input[s:e], offset[s:e], None if mask is None else mask[s:e], ks, stride, padding, dilation
-            )
-            res = torch.matmul(w_g, cols.view(e - s, groups, cg * kh * kw, length))  # [n, groups, O/g, L]
-            out[s:e] = res.view(e - s, o, ho, wo)
+        out = _implementation(input).forward(input, offset, weight, mask, stride, padding, dilation)
         if bias is not None:
-            out += bias.view(1, o, 1, 1)
+            out += bias.view(1, -1, 1, 1)
         ctx.save_for_backward(input, offset, weight, mask)
         ctx.has_bias = bias is not None
         ctx.conf = (stride, padding, dilation)
@@ -383,46 +450,12 @@ class _DeformConv2dFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         input, offset, weight, mask = ctx.saved_tensors
-        stride, padding, dilation = ctx.conf
-        n, c, h, w = input.shape
-        o, cg, kh, kw = weight.shape
-        groups = c // cg
-        ho, wo = offset.shape[2], offset.shape[3]
-        length = ho * wo
-        ks = (kh, kw)
-        rows = cg * kh * kw
         need_in, need_off, need_w, need_b, need_m = ctx.needs_input_grad[:5]
-        kern = _kernels(input)
-        w_g = weight.reshape(groups, o // groups, rows)
-        go = grad_output.reshape(n, groups, o // groups, length)
-        grad_input = torch.zeros_like(input) if need_in else None
-        grad_offset = torch.zeros_like(offset) if need_off else None
-        grad_mask = torch.zeros_like(mask) if (need_m and mask is not None) else None
-        grad_weight = torch.zeros(groups, o // groups, rows, dtype=weight.dtype, device=weight.device) if need_w else None
-        step = _chunk_size(n, c * kh * kw, length, input.element_size())
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            x, off = input[s:e], offset[s:e]
-            m = None if mask is None else mask[s:e]
-            go_c = go[s:e]
-            if grad_weight is not None:
-                cols = kern.deform_im2col(x, off, m, ks, stride, padding, dilation)
-                cols = cols.view(e - s, groups, rows, length)
-                grad_weight += torch.matmul(go_c, cols.transpose(2, 3)).sum(0)
-                del cols
-            if need_in or need_off or need_m:
-                gcols = torch.matmul(w_g.transpose(1, 2), go_c).reshape(e - s, c * kh * kw, length)
-                if grad_input is not None:
-                    grad_input[s:e] = kern.deform_col2im(gcols, off, m, x.shape, ks, stride, padding, dilation)
-                if grad_offset is not None or grad_mask is not None:
-                    g_off, g_m = kern.deform_col2im_coord(gcols, x, off, m, ks, stride, padding, dilation)
-                    if grad_offset is not None:
-                        grad_offset[s:e] = g_off
-                    if grad_mask is not None:
-                        grad_mask[s:e] = g_m
+        grad_input, grad_offset, grad_weight, grad_mask = _implementation(input).backward(
+            grad_output, input, offset, weight, mask, *ctx.conf, need_in, need_off, need_w, need_m
+        )
         grad_bias = grad_output.sum(dim=(0, 2, 3)) if (need_b and ctx.has_bias) else None
-        gw = grad_weight.reshape(weight.shape) if grad_weight is not None else None
-        return grad_input, grad_offset, gw, grad_bias, grad_mask, None, None, None
+        return grad_input, grad_offset, grad_weight, grad_bias, grad_mask, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
