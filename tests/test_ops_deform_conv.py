@@ -8,6 +8,9 @@
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Optional
 
 import numpy as np
@@ -417,3 +420,24 @@ def test_fast_path_threaded_split_matches_tensor_path(monkeypatch: pytest.Monkey
         torch.set_num_threads(threads)
     for a, b in zip(res["0"], res["1"]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def test_without_numba_the_operator_falls_back_to_the_tensor_path() -> None:
+    """A fresh interpreter where ``import numba`` fails: the compiled path reports unavailable, the operator
+    runs on the tensor path and gives the reference's numbers, and the CPU_FAST switch is no error."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"  # makes `import numba` raise ImportError
+        "import numpy as np, torch\n"
+        "from dcn_lessons.ops import deform_conv as D\n"
+        "from dcn_lessons.reference import deform_conv as R\n"
+        "assert not D.cpu_fast_path_available()\n"
+        "x = torch.randn(1, 2, 5, 5, dtype=torch.float64); off = torch.randn(1, 18, 5, 5, dtype=torch.float64)\n"
+        "w = torch.randn(3, 2, 3, 3, dtype=torch.float64)\n"
+        "assert D.active_backend(x) == 'tensor', D.active_backend(x)\n"
+        "y = D.deform_conv2d(x, off, w, padding=1)\n"
+        "np.testing.assert_allclose(y.numpy(), R.deform_conv2d(x.numpy(), off.numpy(), w.numpy(), padding=1), atol=1e-12)\n"
+        "print('fallback ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DCN_LESSONS_CPU_FAST"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stderr[-2000:]
