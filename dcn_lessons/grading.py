@@ -12,14 +12,20 @@ exercises *with* solutions, and the tests, in otter-grader's "Otter Assign" form
 
 Isolation, and its limits: every submission's bytes (and the autograder's) are read into memory
 before any submission runs, and written fresh into the submission's own temporary directory just
-before it runs, so a submission that deletes files cannot change another's grade; a submission
-that loops forever is killed with its whole process group at the time limit; one that kills its
-kernel, raises, or calls ``sys.exit`` is graded on what still ran. The tests come from the
-autograder zip, and they load their checks from the package files anew (see
-:func:`dcn_lessons.exercises.load`), so editing a notebook's embedded tests, redefining
-``grader.check`` or a check's name, or patching ``dcn_lessons.exercises`` earns nothing. Code that
-runs in the same interpreter as the tests can always patch what the tests themselves call (NumPy,
-say): for high-stakes grading run this inside a container per submission.
+before it runs, so a submission that deletes files cannot change another's grade. So is the course
+package: each submission imports ``dcn_lessons`` (and reads ``kernels/``) from its own fresh copy,
+written from a snapshot the grader holds in memory and put first on ``PYTHONPATH``; the tests load
+their checks from that copy's files anew (see :func:`dcn_lessons.exercises.load`). After the run the
+copy is compared with the snapshot: a submission that edited or deleted any of it (the checks, the
+references they compare with) is marked ``tampered`` and gets no marks; and a change it made to the
+installed package itself is undone at once (and, with ``jobs=1``, also marks it ``tampered``). A
+submission that loops forever is killed with its whole process group at the time limit
+(``timeout``, no marks); one that raises or calls ``sys.exit`` in a cell is graded on everything
+(otter runs every cell and then every test); one that kills its kernel leaves otter nothing to grade
+and gets no marks (``crashed``). Editing a notebook's embedded tests, redefining ``grader.check`` or a
+check's name, or patching ``dcn_lessons.exercises`` earns nothing. Code that runs in the same
+interpreter as the tests can always patch what the tests themselves call (NumPy, ``runpy``, a module's
+``__path__``): for high-stakes grading run this inside a container per submission.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -152,7 +159,7 @@ def install_student_notebooks(target: Path, force: bool = False, notebooks: Path
 @dataclass
 class Result:
     submission: str
-    status: str  # "graded", "timeout", "crashed", "invalid"
+    status: str  # "graded", "timeout", "crashed", "tampered", "invalid"
     scores: dict[str, float] = field(default_factory=dict)
     message: str = ""
 
@@ -179,7 +186,62 @@ def questions(autograder: Path) -> dict[str, float]:
     return out
 
 
-def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dict[str, str]) -> Result:
+Snapshot = dict[str, bytes]
+
+
+def package_files() -> dict[str, Path]:
+    """The files a submission's checks may read, by name relative to the snapshot root:
+    ``dcn_lessons/**`` (sources and package data, no caches) and ``kernels/*`` (the CUDA sources)."""
+    import dcn_lessons
+
+    pkg = Path(dcn_lessons.__file__).resolve().parent
+    files = {
+        f"dcn_lessons/{p.relative_to(pkg).as_posix()}": p
+        for p in sorted(pkg.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".nbi", ".nbc"}
+    }
+    try:
+        from dcn_lessons.cuda._source import kernels_dir
+
+        kdir = kernels_dir()
+        files.update({f"kernels/{p.name}": p for p in sorted(kdir.iterdir()) if p.is_file()})
+    except FileNotFoundError:  # an install without the kernel sources: lesson 06 says so itself
+        pass
+    return files
+
+
+def _changed(snapshot: Snapshot, root: Path) -> list[str]:
+    """Names of the snapshot's files that are missing or different under ``root``."""
+    bad = []
+    for name, data in snapshot.items():
+        p = root / name
+        try:
+            if p.read_bytes() != data:
+                bad.append(name)
+        except OSError:
+            bad.append(name)
+    return bad
+
+
+def _restore(snapshot: Snapshot, files: dict[str, Path]) -> list[str]:
+    """Put back every installed package file that differs from the snapshot; return their names."""
+    bad = []
+    for name, data in snapshot.items():
+        p = files[name]
+        try:
+            same = p.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".restore.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(p)
+            bad.append(name)
+    return bad
+
+
+def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dict[str, str], package: Snapshot) -> Result:
     with tempfile.TemporaryDirectory(prefix="dcn-grade-") as tmp:
         work = Path(tmp)
         (work / "autograder.zip").write_bytes(autograder)
@@ -187,6 +249,12 @@ def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dic
         sub.parent.mkdir()
         sub.write_bytes(data)
         (work / "out").mkdir()
+        pkg = work / "pkg"  # this submission's own copy of the course package
+        for rel, content in package.items():
+            (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+            (pkg / rel).write_bytes(content)
+        env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(pkg), env.get("PYTHONPATH", "")])),
+                   DCN_LESSONS_KERNELS=str(pkg / "kernels"))
         cmd = [sys.executable, "-m", "otter", "run", "--no-logo", "-a", str(work / "autograder.zip"), "-o", str(work / "out"), str(sub)]
         proc = subprocess.Popen(cmd, cwd=sub.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -200,6 +268,9 @@ def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dic
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        edited = _changed(package, pkg)
+        if edited:
+            return Result(name, "tampered", message=f"changed the course package: {', '.join(edited[:3])}")
         results = work / "out" / "results.json"
         if proc.returncode != 0 or not results.is_file():
             lines = output.decode(errors="replace").strip().splitlines()
@@ -220,6 +291,8 @@ def grade(
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise GradingError(f"jobs: expected an integer >= 1, got {jobs!r}")
+    if not isinstance(timeout, (int, float)) or not (0 < timeout < float("inf")):
+        raise GradingError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     autograder = Path(autograder)
     if not autograder.is_file():
         raise GradingError(f"{autograder}: no such autograder zip")
@@ -234,11 +307,21 @@ def grade(
             staged.append((str(p), None, str(e)))
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0")
     env["DCN_LESSONS_FAST"] = "1" if fast else "0"
+    installed = package_files()
+    package = {rel: p.read_bytes() for rel, p in installed.items()}
+    restoring = threading.Lock()
 
     def one(item: tuple[str, bytes | None, str]) -> Result:
         name, data, error = item
         start = time.monotonic()
-        r = Result(name, "invalid", message=error) if data is None else _run_one(Path(name).name, data, ag_bytes, timeout, env)
+        r = Result(name, "invalid", message=error) if data is None else _run_one(Path(name).name, data, ag_bytes, timeout, env, package)
+        with restoring:  # a submission may have found the installed package itself
+            restored = _restore(package, installed)
+        if restored:
+            if jobs == 1:  # only this one ran since the last check
+                r = Result(name, "tampered", message=f"changed the installed package: {', '.join(restored[:3])} (restored)")
+            elif log:
+                log(f"warning: restored installed package files changed while grading: {', '.join(restored)}")
         r.submission = name  # the path as given: two folders may hold notebooks of the same name
         r.scores = {q: r.scores.get(q, 0.0) for q in qs}
         if log:

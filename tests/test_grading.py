@@ -1,7 +1,7 @@
 """The autograder: student generation, grading a folder, and submissions that misbehave.
 
-Mechanics are tested on a two-question assignment built here (fast to run); the real lesson 00
-is tested for "master gets full marks, untouched student notebook gets zero".
+Mechanics are tested on a two-question assignment built here (fast to run); every real lesson is
+tested for "master gets full marks, untouched student notebook gets zero".
 """
 from __future__ import annotations
 
@@ -106,7 +106,14 @@ def test_grading_a_folder_of_misbehaving_submissions(mini, tmp_path):
         for case in t["suites"][0]["cases"]:
             case["code"] = ">>> True\nTrue\n"
     tamper.write_text(json.dumps(nb))
+    # a wrong answer that rewrites the check file it is graded with, so that every check passes
+    _with_cells(student, subs / "h2_edits_checks.ipynb",
+                "def my_sampling_positions(y, x, offsets):\n    return np.zeros((9, 2))",
+                "import dcn_lessons as _d\n"
+                "open(_d.__path__[0] + '/exercises/lesson00.py', 'w').write('def check_sampling_positions(f):\\n    pass\\n')",
+                after="def my_sampling_positions")
     (subs / "i_master_again.ipynb").write_bytes(built.solution.read_bytes())
+    (subs / "j_student_again.ipynb").write_bytes(student.read_bytes())
 
     paths = sorted(subs.glob("*.ipynb"))
     results = {Path(r.submission).name: r for r in grading.grade(built.autograder, paths, timeout=60, jobs=2)}
@@ -125,10 +132,47 @@ def test_grading_a_folder_of_misbehaving_submissions(mini, tmp_path):
     assert row("f_crash.ipynb") == ("crashed", 0.0, 0.0)
     assert results["g_deleter.ipynb"].status in {"graded", "crashed"}
     assert row("h_tamper.ipynb") == ("graded", 0.0, 0.0)
+    assert row("h2_edits_checks.ipynb") == ("tampered", 0.0, 0.0)
+    assert "exercises/lesson00.py" in results["h2_edits_checks.ipynb"].message
     assert row("i_master_again.ipynb") == ("graded", 1.0, 2.0), "a deleting submission changed a later grade"
+    assert row("j_student_again.ipynb") == ("graded", 0.0, 0.0), "a check-editing submission changed a later grade"
     rows = list(csv.DictReader(out.open()))
     assert [r["submission"] for r in rows] == [str(p) for p in paths]
     assert rows[0]["q1"] == "1" and rows[0]["q2"] == "2" and rows[0]["total"] == "3" and rows[0]["max_total"] == "3"
+
+
+def test_a_submission_that_edits_the_installed_package_is_caught_and_undone(mini, tmp_path, monkeypatch):
+    """The installed package (here a stand-in copy, so the test never risks the real one) is restored after
+    a submission changed it; with one job at a time the change is pinned on that submission."""
+    root, built = mini
+    installed = tmp_path / "installed"
+    files = {}
+    for rel, p in grading.package_files().items():
+        (installed / rel).parent.mkdir(parents=True, exist_ok=True)
+        (installed / rel).write_bytes(p.read_bytes())
+        files[rel] = installed / rel
+    monkeypatch.setattr(grading, "package_files", lambda: files)
+    target = files["dcn_lessons/exercises/lesson00.py"]
+    original = target.read_bytes()
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    _with_cells(built.student, subs / "a_vandal.ipynb", SOLUTION_Q1,
+                f"open({str(target)!r}, 'w').write('def check_sampling_positions(f):\\n    pass\\n')",
+                f"import os\nos.remove({str(files['dcn_lessons/reference/__init__.py'])!r})",
+                after="def my_sampling_positions")
+    (subs / "b_master.ipynb").write_bytes(built.solution.read_bytes())
+    res = grading.grade(built.autograder, sorted(subs.glob("*.ipynb")), timeout=120, jobs=1)
+    assert (res[0].status, res[0].total) == ("tampered", 0.0) and "(restored)" in res[0].message
+    assert (res[1].status, res[1].total) == ("graded", 3.0)
+    assert target.read_bytes() == original
+    assert files["dcn_lessons/reference/__init__.py"].is_file()
+
+
+@pytest.mark.parametrize("timeout", [0, -5, float("nan"), float("inf")])
+def test_grade_rejects_a_meaningless_timeout(mini, timeout):
+    root, built = mini
+    with pytest.raises(grading.GradingError, match="timeout"):
+        grading.grade(built.autograder, [built.solution], timeout=timeout)
 
 
 def _cli(*args, cwd=REPO):
@@ -166,8 +210,15 @@ def test_cli_bad_paths_give_one_clear_line(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_real_lesson_master_full_marks_student_zero(tmp_path):
-    master = NOTEBOOKS / "00_tour.ipynb"
+LESSON_MASTERS = grading.lessons()
+
+
+def test_every_lesson_with_exercises_is_graded():
+    assert [p.name[:2] for p in LESSON_MASTERS][:5] == ["00", "01", "02", "03", "04"]
+
+
+@pytest.mark.parametrize("master", LESSON_MASTERS, ids=[p.stem for p in LESSON_MASTERS])
+def test_real_lesson_master_full_marks_student_zero(master, tmp_path):
     built = grading.build(master, tmp_path / "build")
     results = grading.grade(built.autograder, [built.solution, built.student], timeout=240, jobs=2)
     full = grading.questions(built.autograder)
@@ -188,3 +239,20 @@ def test_student_install_keeps_learner_work(tmp_path):
     grading.install_student_notebooks(target, force=True, notebooks=nbdir, out=tmp_path / "b")
     assert "MY NOTES" in (target / "07_mini.ipynb.bak").read_text()
     assert "MY NOTES" not in (target / "07_mini.ipynb").read_text()
+
+
+@pytest.mark.parametrize("euid, root_flag", [(0, True), (1000, False)])
+def test_lab_passes_allow_root_only_to_root(euid, root_flag, monkeypatch, tmp_path):
+    """`make lab` runs `python -m dcn_lessons lab`: JupyterLab on notebooks/, --allow-root only for root,
+    extra arguments passed through; the student notebooks are prepared first."""
+    from dcn_lessons import course
+
+    seen = {}
+    monkeypatch.setattr(course.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(course.grading, "install_student_notebooks", lambda target: [])
+    monkeypatch.setattr(course.os, "execv", lambda exe, argv: seen.update(argv=argv))
+    assert course.main(["lab", "--port=8899", "--no-browser"]) == 0
+    argv = seen["argv"]
+    assert argv[1:3] == ["-m", "jupyterlab"] and f"--notebook-dir={NOTEBOOKS}" in argv
+    assert ("--allow-root" in argv) == root_flag
+    assert argv[-2:] == ["--port=8899", "--no-browser"]
