@@ -156,3 +156,60 @@ def test_bad_input_messages(x):
         bilinear_sample_literal(x, np.array([np.nan]), np.zeros(1))
     with pytest.raises(ValueError, match="grad_output"):
         bilinear_sample_backward(np.zeros((C, 2)), x, np.zeros(3), np.zeros(3))
+
+
+def test_huge_positions_read_zero_without_overflow(x):
+    """Far outside (beyond int64 after floor): value 0, gradients 0, no cast warning (values stay finite)."""
+    py = np.array([1e30, -1e30, 2.0, 2.0, 1e300, -3e18])
+    px = np.array([1.0, 1.0, 1e30, -1e300, -1e300, 2.5])
+    with np.errstate(all="raise"):
+        fast = bilinear_sample(x, py, px)
+        lit = bilinear_sample_literal(x, py, px)
+        gi, gy, gx = bilinear_sample_backward(np.ones((C,) + py.shape), x, py, px)
+    np.testing.assert_array_equal(fast, 0.0)
+    np.testing.assert_array_equal(lit, 0.0)
+    np.testing.assert_array_equal(gi, 0.0)
+    np.testing.assert_array_equal(gy, 0.0)
+    np.testing.assert_array_equal(gx, 0.0)
+
+
+def test_gradient_along_the_smooth_axis_at_an_integer_coordinate(x):
+    """With y exactly on an integer (a kink in y) and x fractional, d/dx exists: grad_px must equal the central
+    difference in x (and symmetrically for grad_py); border rows/columns and the bands (-1, 0), (H-1, H)
+    included."""
+    rng = np.random.default_rng(5)
+    ys_int = np.array([-0.0, 0.0, 1.0, H - 1.0, 2.0, 3.0])
+    xs_frac = np.array([0.3, -0.6, 2.7, W - 0.4, W - 1.2, 1.55])
+    go = rng.standard_normal((C, ys_int.size))
+
+    def loss():
+        return np.sum(go * bilinear_sample(x, py, px))
+
+    py, px = ys_int.copy(), xs_frac.copy()
+    _, _, gx = bilinear_sample_backward(go, x, py, px)
+    np.testing.assert_allclose(gx, _fd(loss, px), atol=1e-8)
+    assert np.abs(gx).max() > 0.1
+    xs_int = np.array([0.0, 1.0, W - 1.0, 2.0, 3.0, 4.0])
+    ys_frac = np.array([0.4, -0.7, H - 0.3, 1.6, H - 1.5, 2.25])
+    py, px = ys_frac.copy(), xs_int.copy()
+    _, gy, _ = bilinear_sample_backward(go, x, py, px)
+    np.testing.assert_allclose(gy, _fd(loss, py), atol=1e-8)
+    assert np.abs(gy).max() > 0.1
+
+
+def test_position_gradient_is_the_right_derivative_at_every_integer_and_border(x):
+    """On every integer coordinate -1 < q < H (and x), border rows included, the rule's gradient is the
+    one-sided derivative from the right, measured on the forward; at q = -1 it is 0 by the rule."""
+    qy, qx = np.meshgrid(np.arange(-1.0, H), np.arange(-1.0, W), indexing="ij")
+    py, px = qy.ravel(), qx.ravel()
+    go = np.random.default_rng(6).standard_normal((C, py.size))
+    _, gy, gx = bilinear_sample_backward(go, x, py, px)
+    h = 1e-7
+    base = np.sum(go * bilinear_sample(x, py, px), axis=0)
+    right_y = (np.sum(go * bilinear_sample(x, py + h, px), axis=0) - base) / h
+    right_x = (np.sum(go * bilinear_sample(x, py, px + h), axis=0) - base) / h
+    inside = (py > -1) & (px > -1)
+    np.testing.assert_allclose(gy[inside], right_y[inside], atol=1e-5)
+    np.testing.assert_allclose(gx[inside], right_x[inside], atol=1e-5)
+    np.testing.assert_array_equal(gy[~inside], 0.0)
+    np.testing.assert_array_equal(gx[~inside], 0.0)

@@ -285,3 +285,182 @@ def test_validator_reads_shapes_only():
     assert (geo.N, geo.C, geo.H, geo.W, geo.O, geo.kh, geo.kw) == (2, 6, 9, 8, 6, 3, 2)
     assert (geo.groups, geo.offset_groups, geo.Ho, geo.Wo) == (3, 3, 5, 3)
     assert geo.stride == (2, 2) and geo.padding == (1, 0) and geo.dilation == (1, 2)
+
+
+# ------------------------------------------------------------------- brute force on integers, border, far out
+def _literal_sample(img, py, px):
+    """DCNv1 Eq. (3) taken literally for one position: sum over every pixel q of g(qy, py) g(qx, px) x(q)."""
+    H, W = img.shape
+    gy = np.maximum(0.0, 1.0 - np.abs(np.arange(H) - py))
+    gx = np.maximum(0.0, 1.0 - np.abs(np.arange(W) - px))
+    return float(gy @ img @ gx)
+
+
+def deform_conv2d_brute(x, off, w, b, stride, padding, dilation, m):
+    """v2 Eq. (1) / v1 Eq. (2) from the conventions of COURSE.md, nothing shared with the package."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    K = kh * kw
+    G = off.shape[1] // (2 * K)
+    Ho, Wo = off.shape[2:]
+    out = np.zeros((N, O, Ho, Wo))
+    for n in range(N):
+        for o in range(O):
+            grp = o // (O // (C // Cg))
+            for yo in range(Ho):
+                for xo in range(Wo):
+                    acc = 0.0 if b is None else b[o]
+                    for c in range(Cg):
+                        ch = grp * Cg + c
+                        g = ch // (C // G)
+                        for i in range(kh):
+                            for j in range(kw):
+                                k = i * kw + j
+                                py = yo * sh - ph + i * dh + off[n, g * 2 * K + 2 * k, yo, xo]
+                                px = xo * sw - pw + j * dw + off[n, g * 2 * K + 2 * k + 1, yo, xo]
+                                dm = 1.0 if m is None else m[n, g * K + k, yo, xo]
+                                acc += w[o, c, i, j] * _literal_sample(x[n, ch], py, px) * dm
+                    out[n, o, yo, xo] = acc
+    return out
+
+
+def _hard_offsets(rng, shape, H, W):
+    """Offsets mixing exact integers (samples on integer coordinates, -1, 0, H-1, H included), half-integers at
+    the border, far-outside values and random fractions."""
+    choices = np.concatenate([
+        np.arange(-3, 4, dtype=float),  # integers
+        [-0.5, 0.5, -1.5, 1.5],  # half-way, at the border band for border outputs
+        [-1e3, 1e3, -50.0, 37.0],  # far outside
+    ])
+    off = rng.choice(choices, size=shape)
+    frac = rng.random(shape) < 0.25
+    off[frac] = rng.uniform(-2.5, 2.5, int(frac.sum()))
+    return off
+
+
+@pytest.mark.parametrize("case", [
+    dict(),
+    dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1), G=4, groups=1, O=3, mask=False),
+    dict(k=(3, 3), C=2, groups=2, G=1, O=2, H=4, W=4, padding=2),
+])
+def test_forward_matches_literal_brute_force_on_integers_border_and_far_outside(case):
+    rng = np.random.default_rng(30)
+    a = make(rng, **case)
+    H, W = a["input"].shape[2:]
+    a["offset"] = _hard_offsets(rng, a["offset"].shape, H, W)
+    py, px = deform_sampling_positions(a["offset"], a["weight"].shape[2:], a["stride"], a["padding"],
+                                       a["dilation"])
+    on_int = (py == np.round(py)) & (px == np.round(px))
+    # the cases the issue names are really present: exact integers in the map, exactly on -1 / H, far out
+    assert np.any(on_int & (py >= 0) & (py < H) & (px >= 0) & (px < W))
+    assert np.any(on_int & ((py == -1) | (py == H) | (px == -1) | (px == W)))
+    assert np.any((np.abs(py) > 30) | (np.abs(px) > 30))
+    want = deform_conv2d_brute(a["input"], a["offset"], a["weight"], a["bias"], a["stride"], a["padding"],
+                               a["dilation"], a["mask"])
+    np.testing.assert_allclose(deform_conv2d(**a), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(deform_conv2d_loop(**a), want, rtol=0, atol=1e-12)
+    assert np.abs(want).max() > 0.1
+
+
+def test_im2col_columns_match_literal_samples():
+    """Row c*K + k, column y*Wo + x of the columns is x_c(p + p_k + Δp_k)·Δm_k, read literally (Eq. 3)."""
+    rng = np.random.default_rng(31)
+    a = make(rng, N=1, C=2, H=4, W=5, k=(2, 2), G=2, groups=1, O=2, padding=1)
+    a["offset"] = _hard_offsets(rng, a["offset"].shape, 4, 5)
+    cols = deform_im2col(a["input"], a["offset"], a["mask"], (2, 2), 1, 1, 1)
+    py, px = deform_sampling_positions(a["offset"], (2, 2), 1, 1, 1)
+    Ho, Wo = a["offset"].shape[2:]
+    for c in range(2):
+        g = c  # C / G = 1 channel per offset group
+        for k in range(4):
+            for yo in range(Ho):
+                for xo in range(Wo):
+                    want = _literal_sample(a["input"][0, c], py[0, g, k, yo, xo], px[0, g, k, yo, xo])
+                    want *= a["mask"][0, g * 4 + k, yo, xo]
+                    assert cols[0, c * 4 + k, yo * Wo + xo] == pytest.approx(want, abs=1e-12)
+
+
+def test_unit_mask_backward_equals_v1_backward():
+    """v2 with every Δm = 1 is v1 (DCNv2 Eq. 1): same input, offset, weight and bias gradients; and the mask
+    gradient is the finite difference of the loss at m = 1."""
+    rng = np.random.default_rng(32)
+    a = make(rng, offset="away")
+    R = rng.standard_normal(deform_conv2d(**a).shape)
+    ones = np.ones_like(a["mask"])
+    v2 = deform_conv2d_backward(R, **{**a, "mask": ones})
+    v1 = deform_conv2d_backward(R, **{**a, "mask": None})
+    assert v1.mask is None
+    for name in ("input", "offset", "weight", "bias"):
+        np.testing.assert_allclose(getattr(v2, name), getattr(v1, name), atol=1e-12, err_msg=name)
+    fd = _fd(lambda: float(np.sum(R * deform_conv2d(**{**a, "mask": ones}))), ones)
+    np.testing.assert_allclose(v2.mask, fd, atol=1e-7)
+    assert np.abs(v2.mask).max() > 0.1
+
+
+def test_backward_fd_with_samples_in_the_border_band_and_outside():
+    """Offsets put samples in (-1, 0), (H-1, H) and beyond the map (away from integers): the analytic
+    gradients of offset and mask still equal central differences (the border band is not a kink)."""
+    rng = np.random.default_rng(33)
+    a = make(rng, N=1, C=2, H=3, W=3, O=2, k=(2, 2), groups=1, G=1, padding=1)
+    shape = a["offset"].shape
+    a["offset"] = rng.choice([-1.6, -1.4, 1.4, 1.6, 2.3, -2.3, 5.5], size=shape) + rng.uniform(-0.05, 0.05, shape)
+    py, px = deform_sampling_positions(a["offset"], (2, 2), 1, 1, 1)
+    assert np.any((py > -1) & (py < 0)) and np.any((py > 2) & (py < 3)) and np.any((py < -1) | (py > 3))
+    R = rng.standard_normal(deform_conv2d(**a).shape)
+    g = deform_conv2d_backward(R, **a)
+
+    def loss():
+        return float(np.sum(R * deform_conv2d(**a)))
+
+    for name in ("input", "offset", "mask"):
+        np.testing.assert_allclose(getattr(g, name), _fd(loss, a[name]), atol=1e-7, err_msg=name)
+    assert np.abs(g.offset).max() > 0.1
+
+
+@pytest.mark.parametrize("fn", ["deform_conv2d", "deform_conv2d_loop", "deform_conv2d_backward"])
+@pytest.mark.parametrize("change, words", [
+    (dict(input=np.zeros((4, 5, 5))), ["input", "4-D", "[N, C, H, W]"]),
+    (dict(offset=np.zeros((2, 20, 3, 3))), ["offset", "2*offset_groups*kh*kw", "18", "20"]),
+    (dict(mask=np.zeros((2, 18, 3))), ["mask", "[2, 18, 3, 3]"]),
+    (dict(mask=np.zeros((2, 9, 3, 3))), ["mask", "[2, 18, 3, 3]"]),
+])
+def test_every_entry_point_rejects_bad_shapes_naming_argument_and_shape(fn, change, words):
+    a = _base(np.random.default_rng(34))
+    call = {"deform_conv2d": deform_conv2d, "deform_conv2d_loop": deform_conv2d_loop,
+            "deform_conv2d_backward": lambda **k: deform_conv2d_backward(np.zeros((2, 4, 3, 3)), **k)}[fn]
+    with pytest.raises(ValueError) as info:
+        call(**{**a, **change})
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_non_finite_offset_rejected_by_helpers_and_backward():
+    a = _base(np.random.default_rng(35))
+    off = a["offset"].copy()
+    off[1, 3, 2, 1] = -np.inf
+    args = ((3, 3), 1, 0, 1)
+    with pytest.raises(ValueError, match="offset: expected finite"):
+        deform_conv2d_backward(np.zeros((2, 4, 3, 3)), **{**a, "offset": off})
+    with pytest.raises(ValueError, match="offset: expected finite"):
+        deform_im2col(a["input"], off, a["mask"], *args)
+    with pytest.raises(ValueError, match="offset: expected finite"):
+        deform_col2im(np.zeros((2, 36, 9)), off, None, a["input"].shape, *args)
+    with pytest.raises(ValueError, match="offset: expected finite"):
+        deform_col2im_coord(np.zeros((2, 36, 9)), a["input"], off, None, *args)
+
+
+def test_same_signature_as_the_pytorch_tier():
+    """Issue 3: the NumPy tier's names, argument names, order and defaults are those of the PyTorch tier."""
+    import inspect
+
+    from dcn_lessons import ops
+
+    def params(f):
+        return [(p.name, p.default) for p in inspect.signature(f).parameters.values()]
+
+    assert params(deform_conv2d) == params(ops.deform_conv2d)
+    assert params(deform_conv2d_loop) == params(deform_conv2d)
+    # the backward takes grad_output first, then exactly the forward's arguments
+    assert params(deform_conv2d_backward)[0][0] == "grad_output"
+    assert params(deform_conv2d_backward)[1:] == params(deform_conv2d)

@@ -494,7 +494,7 @@ def test_roi_pool_backward_fd(mode):
         (dict(spatial_scale=-1.0), ValueError, "spatial_scale"),
         (dict(spatial_scale=float("nan")), ValueError, "spatial_scale"),
         (dict(sampling_ratio=1.5), TypeError, "sampling_ratio: expected an int"),
-        (dict(gamma=float("inf")), TypeError, "gamma: expected a finite real number"),
+        (dict(gamma=float("inf")), ValueError, "gamma: expected a finite real number"),
         (dict(input=np.zeros((3, 4, 4))), ValueError, "input: expected a 4-D array [N, C, H, W], got shape [3, 4, 4]"),
         (dict(input=np.zeros((1, 6, 4, 4), dtype=np.int64)), TypeError, "input: expected a floating-point array"),
     ],
@@ -552,3 +552,198 @@ def test_validators_read_only_shape():
     assert V.normalize_output_size([2, 3]) == (2, 3)
     with pytest.raises(TypeError):
         V.normalize_output_size(True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Brute force with samples exactly on integer coordinates, on the border (-1, 0, H-1, H) and far outside
+# ----------------------------------------------------------------------------------------------------------
+
+# scale 1, 2x2 bins of a 4x4 RoI, 2 samples per bin side: every sample sits on an integer coordinate
+# (x1 + 0, 1, 2, 3); γ·w = γ·h = 1, so integer offsets move whole pixels and keep samples on integers.
+INT_ROIS = np.array(
+    [
+        [0, -1.0, -1.0, 3.0, 3.0],  # samples at -1, 0, 1, 2: the -1 edge exactly
+        [1, W - 3.0, H - 3.0, W + 1.0, H + 1.0],  # samples up to y = H, x = W exactly
+        [0, 1.0, 0.0, 5.0, 4.0],  # inside
+        [0, -3.0, 2.0, 1.0, 6.0],  # x at -3, -2 (outside), -1, 0
+        [1, 100.0, -200.0, 104.0, -196.0],  # far outside
+    ]
+)
+INT_GAMMA = 0.25
+X8 = RNG.standard_normal((2, 8, H, W))  # 8 channels: C_out = 2 for the position-sensitive ops with 2x2 bins
+
+
+def _int_offsets(seed):
+    rng = np.random.default_rng(seed)
+    off = rng.integers(-2, 3, size=(len(INT_ROIS), 2, 2, 2)).astype(float)
+    off[2, :, 1, 1] = [300.0, -250.0]  # one bin of an inside RoI pushed far off the map
+    return off
+
+
+def _positions(rois, offset, sr):
+    ys, xs = [], []
+    for k, roi in enumerate(rois):
+        for i in range(2):
+            for j in range(2):
+                shift = (0.0, 0.0) if offset is None else tuple(offset[k, :, i, j])
+                pts, _ = brute_positions(roi, i, j, 2, 2, 1.0, sr, True, shift, INT_GAMMA)
+                ys += [p[0] for p in pts]
+                xs += [p[1] for p in pts]
+    return np.array(ys), np.array(xs)
+
+
+@pytest.mark.parametrize("sr", [0, 2])
+def test_sampled_ops_match_brute_force_on_integers_border_and_far_outside(sr):
+    off = _int_offsets(40)
+    mask = np.random.default_rng(41).uniform(0, 1, (len(INT_ROIS), 1, 2, 2))
+    for o in (None, off):
+        ys, xs = _positions(INT_ROIS, o, sr)
+        assert np.all(ys == np.round(ys)) and np.all(xs == np.round(xs))  # every sample on an integer
+        assert np.any(ys == -1) and np.any(ys == H) and np.any(xs == -1) and np.any(xs == W)
+        assert np.any(ys == 0) and np.any(ys == H - 1) and np.any(xs == 0) and np.any(xs == W - 1)
+        assert np.any((np.abs(ys) > 100) | (np.abs(xs) > 100))
+    args = (INT_ROIS, (2, 2), 1.0, sr)
+    got = {
+        "roi_align": R.roi_align(X8, *args, aligned=True),
+        "deform_roi_pool": R.deform_roi_pool(X8, INT_ROIS, off, (2, 2), 1.0, sr, INT_GAMMA),
+        "modulated": R.modulated_deform_roi_pool(X8, INT_ROIS, off, mask, (2, 2), 1.0, sr, INT_GAMMA),
+        "ps_roi_align": R.ps_roi_align(X8, *args),
+        "deform_ps": R.deform_ps_roi_pool(X8, INT_ROIS, off, (2, 2), 1.0, sr, INT_GAMMA),
+    }
+    want = {
+        "roi_align": brute_pool(X8, INT_ROIS, 2, 2, 1.0, sr),
+        "deform_roi_pool": brute_pool(X8, INT_ROIS, 2, 2, 1.0, sr, offset=off, gamma=INT_GAMMA),
+        "modulated": brute_pool(X8, INT_ROIS, 2, 2, 1.0, sr, offset=off, mask=mask, gamma=INT_GAMMA),
+        "ps_roi_align": brute_pool(X8, INT_ROIS, 2, 2, 1.0, sr, ps=True),
+        "deform_ps": brute_pool(X8, INT_ROIS, 2, 2, 1.0, sr, offset=off, gamma=INT_GAMMA, ps=True),
+    }
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-12, err_msg=name)
+        assert np.all(got[name][4] == 0.0), name  # the far-outside RoI pools to exactly 0
+    assert np.all(got["deform_roi_pool"][2, :, 1, 1] == 0.0)  # the far-pushed bin
+    # on integer samples the value is the pixel itself: the inside RoI's bin (0, 0) is a plain 2x2 mean
+    np.testing.assert_allclose(got["roi_align"][2, :, 0, 0], X8[0, :, 0:2, 1:3].mean(axis=(1, 2)), atol=1e-12)
+    # exactly on y = -1 / x = -1 the RoI rule clamps to row / column 0 (torchvision), not 0
+    corner = R.roi_align(X8, np.array([[0, -0.5, -0.5, -0.5, -0.5]]), 1, 1.0, 1)  # one sample at (-1, -1)
+    np.testing.assert_allclose(corner[0, :, 0, 0], X8[0, :, 0, 0], atol=1e-15)
+
+
+def test_roi_backward_fd_on_a_far_outside_and_border_roi():
+    """Input gradients of every sampled op where some RoIs sit on the border and one far outside (K = 5):
+    the far RoI contributes nothing, the others equal central differences (the forward is linear in x)."""
+    off = _int_offsets(42) + 0.3  # fractional shifts for the offset op are fine for the input gradient
+    mask = np.random.default_rng(43).uniform(0, 1, (len(INT_ROIS), 1, 2, 2))
+    go = np.random.default_rng(44).standard_normal((len(INT_ROIS), 2, 2, 2))
+    go8 = np.random.default_rng(45).standard_normal((len(INT_ROIS), 8, 2, 2))
+    x8 = X8.copy()
+    cases = [
+        (lambda x: R.roi_align(x, INT_ROIS, 2, 1.0, 2), lambda: R.roi_align_backward(go8, x8, INT_ROIS, 2, 1.0, 2), go8),
+        (lambda x: R.modulated_deform_roi_pool(x, INT_ROIS, off, mask, 2, 1.0, 2, INT_GAMMA),
+         lambda: R.modulated_deform_roi_pool_backward(go8, x8, INT_ROIS, off, mask, 2, 1.0, 2, INT_GAMMA).input, go8),
+        (lambda x: R.ps_roi_align(x, INT_ROIS, 2, 1.0, 2), lambda: R.ps_roi_align_backward(go, x8, INT_ROIS, 2, 1.0, 2), go),
+        (lambda x: R.deform_ps_roi_pool(x, INT_ROIS, off, 2, 1.0, 2, INT_GAMMA),
+         lambda: R.deform_ps_roi_pool_backward(go, x8, INT_ROIS, off, 2, 1.0, 2, INT_GAMMA).input, go),
+    ]
+    for fwd, bwd, g in cases:
+        got = bwd()
+        np.testing.assert_allclose(got, central_diff(lambda x: float((fwd(x) * g).sum()), x8.copy()), atol=1e-8)
+        assert np.abs(got).max() > 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input, every op
+# ----------------------------------------------------------------------------------------------------------
+
+_X = np.zeros((2, 8, 5, 5))
+_BOX = np.array([[1, 0, 0, 2, 2.0]])
+_OFF = np.zeros((1, 2, 2, 2))
+_MASK = np.ones((1, 1, 2, 2))
+_GO = np.zeros((1, 8, 2, 2))
+_GO_PS = np.zeros((1, 2, 2, 2))
+
+OPS = {
+    "roi_align": (lambda x, r, o, m: R.roi_align(x, r, 2), "boxes"),
+    "roi_align_backward": (lambda x, r, o, m: R.roi_align_backward(_GO, x, r, 2), "boxes"),
+    "roi_pool": (lambda x, r, o, m: R.roi_pool(x, r, 2), "boxes"),
+    "roi_pool_backward": (lambda x, r, o, m: R.roi_pool_backward(_GO, x, r, 2), "boxes"),
+    "deform_roi_pool": (lambda x, r, o, m: R.deform_roi_pool(x, r, o, 2), "rois"),
+    "deform_roi_pool_backward": (lambda x, r, o, m: R.deform_roi_pool_backward(_GO, x, r, o, 2), "rois"),
+    "modulated": (lambda x, r, o, m: R.modulated_deform_roi_pool(x, r, o, m, 2), "rois"),
+    "modulated_backward": (lambda x, r, o, m: R.modulated_deform_roi_pool_backward(_GO, x, r, o, m, 2), "rois"),
+    "ps_roi_align": (lambda x, r, o, m: R.ps_roi_align(x, r, 2), "boxes"),
+    "ps_roi_align_backward": (lambda x, r, o, m: R.ps_roi_align_backward(_GO_PS, x, r, 2), "boxes"),
+    "deform_ps": (lambda x, r, o, m: R.deform_ps_roi_pool(x, r, o, 2), "rois"),
+    "deform_ps_backward": (lambda x, r, o, m: R.deform_ps_roi_pool_backward(_GO_PS, x, r, o, 2), "rois"),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_every_roi_op_rejects_bad_input_naming_the_argument(op):
+    call, rname = OPS[op]
+    bad = [
+        (dict(x=np.zeros((8, 5, 5))), ValueError, ["input", "4-D", "[N, C, H, W]", "[8, 5, 5]"]),
+        (dict(r=np.array([[2, 0, 0, 2, 2.0]])), ValueError, [rname, "batch index 2.0", "[0, 1]"]),
+        (dict(r=np.array([[0, 3, 0, 2, 2.0]])), ValueError, [rname, "x1 <= x2"]),
+        (dict(r=np.array([[0, 0, 0, np.inf, 2.0]])), ValueError, [rname, "non-finite"]),
+        (dict(r=np.zeros((1, 4))), ValueError, [rname, "[K, 5]"]),
+    ]
+    if "deform" in op or "modulated" in op:
+        bad += [
+            (dict(o=np.zeros((1, 3, 2, 2))), ValueError, ["offset", "[K, 2, ph, pw] = [1, 2, 2, 2]", "[1, 3, 2, 2]"]),
+            (dict(o=np.zeros((2, 2, 2, 2))), ValueError, ["offset", "[1, 2, 2, 2]"]),
+            (dict(o=np.full((1, 2, 2, 2), np.nan)), ValueError, ["offset", "finite"]),
+        ]
+    if "modulated" in op:
+        bad += [
+            (dict(m=np.ones((1, 2, 2))), ValueError, ["mask", "[K, 1, ph, pw] = [1, 1, 2, 2]"]),
+            (dict(m=np.full((1, 1, 2, 2), -np.inf)), ValueError, ["mask", "finite"]),
+        ]
+    for change, exc, words in bad:
+        a = dict(x=_X, r=_BOX, o=_OFF, m=_MASK)
+        a.update(change)
+        with pytest.raises(exc) as info:
+            call(a["x"], a["r"], a["o"], a["m"])
+        for w in words:
+            assert w in str(info.value), (op, change, w, str(info.value))
+    # the valid call goes through (the failures above come from the changed argument alone)
+    call(_X, _BOX, _OFF, _MASK)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_every_roi_op_gives_an_empty_result_for_empty_rois(op):
+    call, _ = OPS[op]
+    k0 = dict(r=np.zeros((0, 5)), o=np.zeros((0, 2, 2, 2)), m=np.zeros((0, 1, 2, 2)))
+    if "backward" in op:
+        go = _GO_PS if "ps" in op else _GO
+        fn = {
+            "roi_align_backward": lambda: R.roi_align_backward(go[:0], _X, k0["r"], 2),
+            "roi_pool_backward": lambda: R.roi_pool_backward(go[:0], _X, k0["r"], 2),
+            "deform_roi_pool_backward": lambda: R.deform_roi_pool_backward(go[:0], _X, k0["r"], k0["o"], 2).input,
+            "modulated_backward": lambda: R.modulated_deform_roi_pool_backward(go[:0], _X, k0["r"], k0["o"], k0["m"], 2).input,
+            "ps_roi_align_backward": lambda: R.ps_roi_align_backward(go[:0], _X, k0["r"], 2),
+            "deform_ps_backward": lambda: R.deform_ps_roi_pool_backward(go[:0], _X, k0["r"], k0["o"], 2).input,
+        }[op]
+        g = fn()
+        assert g.shape == _X.shape and np.all(g == 0)
+    else:
+        out = call(_X, k0["r"], k0["o"], k0["m"])
+        c_out = 2 if "ps" in op else 8
+        assert out.shape == (0, c_out, 2, 2) and out.dtype == _X.dtype
+
+
+@pytest.mark.parametrize(
+    "name", ["roi_align", "roi_pool", "deform_roi_pool", "modulated_deform_roi_pool", "ps_roi_align", "deform_ps_roi_pool"]
+)
+def test_same_signature_as_the_pytorch_tier_and_a_matching_backward(name):
+    """Issue 3: same names, argument names, order and defaults as dcn_lessons.ops; ``*_backward`` takes
+    grad_output and then exactly the forward's arguments."""
+    import inspect
+
+    from dcn_lessons import ops
+
+    def params(f):
+        return [(p.name, p.default) for p in inspect.signature(f).parameters.values()]
+
+    fwd, bwd = getattr(R, name), getattr(R, name + "_backward")
+    assert params(fwd) == params(getattr(ops, name))
+    assert params(bwd)[0][0] == "grad_output" and params(bwd)[1:] == params(fwd)

@@ -88,8 +88,10 @@ def check_sampling_ratio(sampling_ratio: Any) -> int:
 
 def check_gamma(gamma: Any) -> float:
     """``gamma`` (the offset scale γ of DCNv1 §2.2) must be a finite real number."""
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(float(gamma)):
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"gamma: expected a finite real number, got {gamma!r}")
+    if not math.isfinite(float(gamma)):
+        raise ValueError(f"gamma: expected a finite real number, got {gamma!r}")
     return float(gamma)
 
 
