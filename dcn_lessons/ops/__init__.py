@@ -4,6 +4,7 @@ Functional operators take and return tensors with the shapes their docstrings st
 wrap them (``DeformConv2d`` is torchvision-compatible; the ``*Pack`` layers own their offset
 branch). On CUDA tensors the CuPy kernels of :mod:`dcn_lessons.cuda` are used when available.
 """
+from dcn_lessons.ops.bilinear import bilinear_sample
 from dcn_lessons.ops.deform_conv import (
     active_backend,
     cpu_fast_path_available,
@@ -29,6 +30,7 @@ __all__ = [
     "DeformConv2dPack",
     "ModulatedDeformConv2dPack",
     "active_backend",
+    "bilinear_sample",
     "cpu_fast_path_available",
     "deform_col2im",
     "deform_col2im_coord",

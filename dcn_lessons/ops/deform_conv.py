@@ -503,7 +503,8 @@ def deform_conv2d(
         weight: ``[O, C/groups, kh, kw]``; groups = C // weight.shape[1].
         bias: ``[O]`` or None; added after the (masked) sum, never scaled by the mask.
         stride, padding, dilation: int or (h, w) pair.
-        mask: ``[N, G*kh*kw, Ho, Wo]`` modulation scalars Δm_k (DCNv2), or None (DCNv1).
+        mask: ``[N, G*kh*kw, Ho, Wo]`` modulation scalars Δm_k (DCNv2; in [0, 1] when they come from a
+            sigmoid, as in the paper, though any value is accepted), or None (DCNv1).
 
     Returns:
         ``[N, O, Ho, Wo]`` with ``Ho = (H + 2*pad_h - (dil_h*(kh-1) + 1)) // stride_h + 1`` (likewise Wo).
