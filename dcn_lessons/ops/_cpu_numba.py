@@ -19,11 +19,16 @@ so that the inner loops run over *channels*, contiguously, and vectorise:
   :func:`dcn_lessons.ops.deform_conv.deform_col2im_coord` that give the offset and mask gradients,
   reading each column gradient once.
 
-Work is split over ``torch.get_num_threads()`` Python threads, each running a nogil kernel over a range
-of (image, output pixel) units; in the backward pass every thread but the first scatters into a private
-input-gradient buffer (samples of any pixel may land anywhere in the image), summed at the end: no
-atomics, deterministic results for a fixed thread count, and no second OpenMP runtime competing with
-PyTorch's for the cores.
+Threads: the GEMMs run on PyTorch's own threads (MKL/OpenMP). The sampling kernels run on the calling
+thread, and when PyTorch uses more than 2 threads they are split over that many Python threads, each
+running a nogil kernel over a range of (image, output pixel) units; in the backward pass every thread but
+the first then scatters into a private input-gradient buffer (samples of any pixel may land anywhere in
+the image), summed at the end: no atomics, and deterministic for a fixed thread count. Why not always:
+after each parallel region, PyTorch's OpenMP workers keep spinning for a while (GNU OpenMP's default spin
+count is 300000 iterations), so a second set of threads started right after a GEMM competes with them for
+the cores. On the 2-core machine this course is measured on, splitting the kernels over 2 threads made
+forward+backward of N=2, C=O=64, 32x32 slower, not faster (median 8.2 ms against 7.7 ms on one thread,
+the two interleaved in one run), so up to 2 PyTorch threads the kernels stay on one.
 
 Used by :func:`dcn_lessons.ops.deform_conv.deform_conv2d` for float32/float64 CPU tensors when Numba
 imports, unless ``DCN_LESSONS_CPU_FAST=0``; ``AVAILABLE`` is False without Numba and the operator falls
@@ -57,6 +62,24 @@ SERIAL_BELOW: int = 1 << 15
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 
 if AVAILABLE:
+    # Inner loops index flat arrays with unsigned integers: no array views are made per sample (each view
+    # costs reference-count updates) and no negative-index handling is emitted, so LLVM vectorises the
+    # loops over channels.
+
+    @njit(nogil=True, cache=True)
+    def _pad_nhwc_kernel(x, start, stop, xp):  # type: ignore[no-untyped-def]
+        """xp[b, y+1, x+1, c] = x[b, c, y, x] for rows u = b*H + y in [start, stop) (the border stays 0)."""
+        c = x.shape[1]
+        h = x.shape[2]
+        w = x.shape[3]
+        for u in range(start, stop):
+            b = u // h
+            y = u - b * h
+            dst = xp[b, y + 1]
+            for ch in range(c):
+                src = x[b, ch, y]
+                for xx in range(w):
+                    dst[xx + 1, ch] = src[xx]
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def _columns_kernel(xp, off, msk, has_mask, kh, kw, sh, sw, ph, pw, dh, dw, wo, groups, start, stop, cols):  # type: ignore[no-untyped-def]
@@ -69,8 +92,14 @@ if AVAILABLE:
         h = xp.shape[1] - 2
         w = xp.shape[2] - 2
         c = xp.shape[3]
+        plane = (h + 2) * (w + 2) * c
+        wpc = np.uint64((w + 2) * c)
+        cu = np.uint64(c)
+        xf = xp.reshape(-1)
+        cf = cols.reshape(-1)
         length = off.shape[2]
         kk = kh * kw
+        rows = cols.shape[2]
         ng = off.shape[1] // (2 * kk)
         cog = c // ng
         cg = c // groups
@@ -80,8 +109,6 @@ if AVAILABLE:
             l_ = u - b * length
             yo = l_ // wo
             xo = l_ - yo * wo
-            row = cols[b, l_]
-            xb = xp[b]
             for g in range(ng):
                 c_lo = g * cog
                 c_hi = c_lo + cog
@@ -92,6 +119,8 @@ if AVAILABLE:
                     py = T(yo * sh - ph + i * dh) + off[b, oc, l_]
                     px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
                     inside = py > -1.0 and py < h and px > -1.0 and px < w
+                    w00 = w01 = w10 = w11 = T(0.0)
+                    corner = 0
                     if inside:
                         y0 = math.floor(py)
                         x0 = math.floor(px)
@@ -102,25 +131,20 @@ if AVAILABLE:
                         w01 = (one - ly) * lx * m
                         w10 = ly * (one - lx) * m
                         w11 = ly * lx * m
-                        yi = int(y0) + 1
-                        xi = int(x0) + 1
+                        corner = b * plane + ((int(y0) + 1) * (w + 2) + int(x0) + 1) * c
                     gi = c_lo // cg
                     while gi * cg < c_hi:  # the weight groups this offset group's channels fall in
                         lo = max(c_lo, gi * cg)
-                        cnt = min(c_hi, (gi + 1) * cg) - lo
-                        col = (gi * kk + k) * cg + lo - gi * cg
-                        dst = row[col:col + cnt]
+                        cnt = np.uint64(min(c_hi, (gi + 1) * cg) - lo)
+                        dst = np.uint64(u * rows + (gi * kk + k) * cg + lo - gi * cg)
                         if inside:
-                            # slices + loops from 0: no negative-index handling, so the loop vectorises
-                            a = xb[yi, xi, lo:lo + cnt]
-                            bb = xb[yi, xi + 1, lo:lo + cnt]
-                            cc = xb[yi + 1, xi, lo:lo + cnt]
-                            d = xb[yi + 1, xi + 1, lo:lo + cnt]
+                            a = np.uint64(corner + lo)
                             for ch in range(cnt):
-                                dst[ch] = w00 * a[ch] + w01 * bb[ch] + w10 * cc[ch] + w11 * d[ch]
+                                cf[dst + ch] = (w00 * xf[a + ch] + w01 * xf[a + cu + ch]
+                                                + w10 * xf[a + wpc + ch] + w11 * xf[a + wpc + cu + ch])
                         else:
                             for ch in range(cnt):
-                                dst[ch] = 0
+                                cf[dst + ch] = 0
                         gi += 1
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
@@ -142,8 +166,15 @@ if AVAILABLE:
         h = xp.shape[1] - 2
         w = xp.shape[2] - 2
         c = xp.shape[3]
+        plane = (h + 2) * (w + 2) * c
+        wpc = np.uint64((w + 2) * c)
+        cu = np.uint64(c)
+        xf = xp.reshape(-1)
+        gf = gp.reshape(-1)
+        gcf = gcols.reshape(-1)
         length = off.shape[2]
         kk = kh * kw
+        rows = gcols.shape[2]
         ng = off.shape[1] // (2 * kk)
         cog = c // ng
         cg = c // groups
@@ -154,9 +185,6 @@ if AVAILABLE:
             l_ = u - b * length
             yo = l_ // wo
             xo = l_ - yo * wo
-            grow = gcols[b, l_]
-            xb = xp[b]
-            gb = gp[b]
             for g in range(ng):
                 c_lo = g * cog
                 c_hi = c_lo + cog
@@ -180,42 +208,37 @@ if AVAILABLE:
                     hy = one - ly
                     hx = one - lx
                     m = msk[b, g * kk + k, l_] if has_mask else one
-                    yi = int(y0) + 1
-                    xi = int(x0) + 1
-                    s00 = zero
-                    s01 = zero
-                    s10 = zero
-                    s11 = zero
                     w00 = hy * hx * m
                     w01 = hy * lx * m
                     w10 = ly * hx * m
                     w11 = ly * lx * m
+                    corner = b * plane + ((int(y0) + 1) * (w + 2) + int(x0) + 1) * c
+                    s00 = zero
+                    s01 = zero
+                    s10 = zero
+                    s11 = zero
                     gi = c_lo // cg
                     while gi * cg < c_hi:
                         lo = max(c_lo, gi * cg)
-                        cnt = min(c_hi, (gi + 1) * cg) - lo
-                        col = (gi * kk + k) * cg + lo - gi * cg
-                        gv = grow[col:col + cnt]
-                        if need_input:
-                            ga = gb[yi, xi, lo:lo + cnt]
-                            gbb = gb[yi, xi + 1, lo:lo + cnt]
-                            gc = gb[yi + 1, xi, lo:lo + cnt]
-                            gd = gb[yi + 1, xi + 1, lo:lo + cnt]
+                        cnt = np.uint64(min(c_hi, (gi + 1) * cg) - lo)
+                        src = np.uint64(u * rows + (gi * kk + k) * cg + lo - gi * cg)
+                        a = np.uint64(corner + lo)
+                        if need_input:  # one loop per corner: each has a single store stream
                             for ch in range(cnt):
-                                ga[ch] += w00 * gv[ch]
-                                gbb[ch] += w01 * gv[ch]
-                                gc[ch] += w10 * gv[ch]
-                                gd[ch] += w11 * gv[ch]
+                                gf[a + ch] += w00 * gcf[src + ch]
+                            for ch in range(cnt):
+                                gf[a + cu + ch] += w01 * gcf[src + ch]
+                            for ch in range(cnt):
+                                gf[a + wpc + ch] += w10 * gcf[src + ch]
+                            for ch in range(cnt):
+                                gf[a + wpc + cu + ch] += w11 * gcf[src + ch]
                         if need_coord:
-                            a = xb[yi, xi, lo:lo + cnt]
-                            bb = xb[yi, xi + 1, lo:lo + cnt]
-                            cc = xb[yi + 1, xi, lo:lo + cnt]
-                            d = xb[yi + 1, xi + 1, lo:lo + cnt]
                             for ch in range(cnt):
-                                s00 += gv[ch] * a[ch]
-                                s01 += gv[ch] * bb[ch]
-                                s10 += gv[ch] * cc[ch]
-                                s11 += gv[ch] * d[ch]
+                                gv = gcf[src + ch]
+                                s00 += gv * xf[a + ch]
+                                s01 += gv * xf[a + cu + ch]
+                                s10 += gv * xf[a + wpc + ch]
+                                s11 += gv * xf[a + wpc + cu + ch]
                         gi += 1
                     if need_coord:
                         goff[b, oc, l_] = m * (hx * (s10 - s00) + lx * (s11 - s01))
@@ -229,10 +252,12 @@ _POOL: Optional[ThreadPoolExecutor] = None
 
 
 def _threads(total: int, work: int) -> int:
-    """How many threads to split ``total`` units over (1 below :data:`SERIAL_BELOW` entries of work)."""
-    if work < SERIAL_BELOW:
+    """How many threads run a kernel over ``total`` units: 1 below :data:`SERIAL_BELOW` entries of work, and
+    1 while PyTorch itself runs on at most 2 threads (see the module docstring), else PyTorch's count."""
+    nt = torch.get_num_threads()
+    if work < SERIAL_BELOW or nt <= 2:
         return 1
-    return max(1, min(torch.get_num_threads(), total))
+    return max(1, min(nt, total))
 
 
 def _run(nt: int, total: int, job: Callable[[int, int, int], Any]) -> None:
@@ -250,9 +275,13 @@ def _run(nt: int, total: int, job: Callable[[int, int, int], Any]) -> None:
         f.result()
 
 
-def _padded_nhwc(x: Tensor) -> Tensor:
-    """``[n, C, H, W]`` -> zero-bordered channels-last ``[n, H+2, W+2, C]`` (contiguous)."""
-    return torch.nn.functional.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+def _padded_nhwc(x: Tensor) -> np.ndarray:
+    """``[n, C, H, W]`` -> zero-bordered channels-last ``[n, H+2, W+2, C]`` (a new contiguous array)."""
+    src = x.detach().contiguous().numpy()
+    n, c, h, w = src.shape
+    xp = np.zeros((n, h + 2, w + 2, c), src.dtype)
+    _run(_threads(n * h, src.size), n * h, lambda t, a, b: _pad_nhwc_kernel(src, a, b, xp))
+    return xp
 
 
 def _weight_kmajor(weight: Tensor, groups: int) -> Tensor:
@@ -290,7 +319,7 @@ class _Chunk:
 
     def __init__(self, geo: _Geometry, input: Tensor, offset: Tensor, mask: Optional[Tensor], s: int, e: int) -> None:
         self.geo, self.nb = geo, e - s
-        self.xp = _padded_nhwc(input[s:e].detach()).numpy()
+        self.xp = _padded_nhwc(input[s:e])
         self.off = offset[s:e].detach().reshape(e - s, offset.shape[1], -1).contiguous().numpy()
         self.has_mask = mask is not None
         if mask is None:
@@ -301,12 +330,11 @@ class _Chunk:
     def columns(self) -> Tensor:
         """``[nb, L, groups*K*Cg]``: mask * x sampled at every kernel point (layout of :func:`_columns_kernel`)."""
         geo = self.geo
-        cols = torch.empty(self.nb, geo.length, geo.rows, dtype=geo.dtype)
-        out = cols.numpy()
+        out = np.empty((self.nb, geo.length, geo.rows), self.xp.dtype)
         total = self.nb * geo.length
-        _run(_threads(total, cols.numel()), total, lambda t, a, b: _columns_kernel(
+        _run(_threads(total, out.size), total, lambda t, a, b: _columns_kernel(
             self.xp, self.off, self.msk, self.has_mask, *geo.args, a, b, out))
-        return cols
+        return torch.from_numpy(out)
 
     def columns_backward(self, grad_columns: Tensor, need_input: bool, need_coord: bool
                          ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
@@ -360,8 +388,8 @@ def columns_backward(grad_columns: Tensor, input: Tensor, offset: Tensor, mask: 
 class _NumbaPath:
     """The compiled CPU path: :meth:`forward` and :meth:`backward` of deformable convolution (no bias).
 
-    Same methods and results as :class:`dcn_lessons.ops.deform_conv._ColumnsPath`; the GEMMs run per image
-    and weight group with the columns as a transposed operand (BLAS reads it in place).
+    Same methods and results as :class:`dcn_lessons.ops.deform_conv._ColumnsPath`; one GEMM per chunk of
+    images and weight group, with the columns as a transposed operand (BLAS reads it in place).
     """
 
     name = "cpu-numba"
@@ -376,10 +404,10 @@ class _NumbaPath:
         out_v = out.view(geo.n, groups, og, geo.length)
         for s in range(0, geo.n, geo.step):
             e = min(geo.n, s + geo.step)
-            cols = _Chunk(geo, input, offset, mask, s, e).columns()
-            for b in range(e - s):
-                for gi in range(groups):
-                    torch.mm(w_k[gi], cols[b, :, gi * kc:(gi + 1) * kc].t(), out=out_v[s + b, gi])
+            cols = _Chunk(geo, input, offset, mask, s, e).columns().view((e - s) * geo.length, geo.rows)
+            for gi in range(groups):  # [O/g, K*Cg] @ [K*Cg, nb*L]: one GEMM for the chunk
+                res = torch.mm(w_k[gi], cols[:, gi * kc:(gi + 1) * kc].t())
+                out_v[s:e, gi] = res.view(og, e - s, geo.length).transpose(0, 1)
             del cols
         return out
 
@@ -398,19 +426,20 @@ class _NumbaPath:
         gw_k = weight.new_zeros(groups, og, kc) if need_weight else None
         for s in range(0, geo.n, geo.step):
             e = min(geo.n, s + geo.step)
+            nl = (e - s) * geo.length
             chunk = _Chunk(geo, input, offset, mask, s, e)
+            go_c = go[s:e].permute(1, 2, 0, 3).reshape(groups, og, nl)  # [groups, O/g, nb*L]
             if gw_k is not None:  # grad_weight = grad_out @ columns, the columns recomputed (not kept from forward)
-                cols = chunk.columns()
-                for b in range(e - s):
-                    for gi in range(groups):
-                        gw_k[gi].addmm_(go[s + b, gi], cols[b, :, gi * kc:(gi + 1) * kc])
+                cols = chunk.columns().view(nl, geo.rows)
+                for gi in range(groups):
+                    gw_k[gi].addmm_(go_c[gi], cols[:, gi * kc:(gi + 1) * kc])
                 del cols
             if not (need_input or need_coord):
                 continue
             gcols = input.new_empty(e - s, geo.length, geo.rows)  # grad_columns = grad_out^T @ weight
-            for b in range(e - s):
-                for gi in range(groups):
-                    torch.mm(go[s + b, gi].t(), w_k[gi], out=gcols[b, :, gi * kc:(gi + 1) * kc])
+            gcols_2d = gcols.view(nl, geo.rows)
+            for gi in range(groups):
+                torch.mm(go_c[gi].t(), w_k[gi], out=gcols_2d[:, gi * kc:(gi + 1) * kc])
             gi_, goff, gm = chunk.columns_backward(gcols, need_input, need_coord)
             del gcols
             if grad_input is not None:
