@@ -1,5 +1,5 @@
 """A small training bench for lesson 05: digits under random geometry, a small CNN whose convolutions can
-be swapped for deformable ones (DCNv1 §2.1 / DCNv2 §3.1), a short training loop, and the learned sampling
+be swapped for deformable ones (DCNv1 §2.1 / DCNv2 §3.1-3.2), a short training loop, and the learned sampling
 locations of a layer.
 
 * :func:`geometric_digits` -- scikit-learn's bundled 8x8 handwritten digits, each warped onto an
@@ -220,7 +220,8 @@ def make_model(
 # -------------------------------------------------------------------------------------------- training
 @dataclass
 class History:
-    """What :func:`train` recorded: the loss of every step, test accuracy at ``eval_steps``, wall time."""
+    """What :func:`train` recorded: the loss of every step, test accuracy at ``eval_steps``, and ``seconds``,
+    the wall time of the whole call (training steps and the test evaluations)."""
 
     variant: str
     loss: list[float] = field(default_factory=list)
@@ -257,7 +258,7 @@ def train(
 ) -> History:
     """Train with Adam on the cross-entropy for ``steps`` mini-batches (reshuffled every epoch).
 
-    The offset/mask branches (``conv_offset``) get ``lr * offset_lr_mult`` (DCNv2 §3.1 uses 0.1 with SGD on
+    The offset/mask branches (``conv_offset``) get ``lr * offset_lr_mult`` (DCNv2 §3.2 uses 0.1 with SGD on
     detection; :func:`~dcn_lessons.ops.layers.offset_param_groups`). The test accuracy is measured every
     ``eval_every`` steps and after the last one. ``seed`` fixes the order of the batches.
     """

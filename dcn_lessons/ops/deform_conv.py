@@ -9,11 +9,12 @@ with x(p) sampled by bilinear interpolation, Eq. (3)-(4), and its modulated form
 
     y(p) = sum_k w_k * x(p + p_k + Δp_k) * Δm_k.
 
-It is computed the way DCNv1 Appendix A describes: a *deformable im2col* gathers the sampled
-values into a columns matrix, a GEMM with the weight (per group) gives the output, and the
-backward pass runs the GEMMs the other way round, scatters the columns' gradient back into the
-input (*col2im*) and differentiates the bilinear weights with respect to the sampling position
-(*col2im_coord*) to get the offset (and mask) gradients.
+It is computed in the im2col form of the authors' code (and torchvision's and mmcv's), with the
+gradients of DCNv1 Appendix A: a *deformable im2col* gathers the sampled values into a columns
+matrix, a GEMM with the weight (per group) gives the output, and the backward pass runs the GEMMs
+the other way round, scatters the columns' gradient back into the input (*col2im*) and
+differentiates the bilinear weights with respect to the sampling position (*col2im_coord*, DCNv1
+Eq. 7) to get the offset (and mask) gradients.
 
 Conventions (``COURSE.md``, shared with torchvision and mmcv):
 
@@ -503,8 +504,7 @@ def deform_conv2d(
         weight: ``[O, C/groups, kh, kw]``; groups = C // weight.shape[1].
         bias: ``[O]`` or None; added after the (masked) sum, never scaled by the mask.
         stride, padding, dilation: int or (h, w) pair.
-        mask: ``[N, G*kh*kw, Ho, Wo]`` modulation scalars Δm_k (DCNv2; in [0, 1] when they come from a
-            sigmoid, as in the paper, though any value is accepted), or None (DCNv1).
+        mask: ``[N, G*kh*kw, Ho, Wo]`` modulation scalars Δm_k (DCNv2), or None (DCNv1).
 
     Returns:
         ``[N, O, Ho, Wo]`` with ``Ho = (H + 2*pad_h - (dil_h*(kh-1) + 1)) // stride_h + 1`` (likewise Wo).

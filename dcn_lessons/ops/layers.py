@@ -1,4 +1,4 @@
-"""Deformable convolution layers (DCNv1 §2.1, DCNv2 §3.1) and the offset-branch learning-rate helper.
+"""Deformable convolution layers (DCNv1 §2.1, DCNv2 §3.2) and the offset-branch learning-rate helper.
 
 * :class:`DeformConv2d` -- torchvision-compatible module (same parameter names ``weight``/``bias`` and
   init); offsets (and an optional mask) are passed to ``forward``.
@@ -9,7 +9,7 @@
   first 2*G*kh*kw are offsets, the last G*kh*kw mask logits (sigmoid); a fresh layer equals
   ``0.5 * conv_without_bias + bias`` (the bias is added after the masked sum and is never scaled).
 * :func:`offset_param_groups` -- optimizer parameter groups with a smaller learning rate for the
-  offset/mask branches (DCNv2 §3.1: β = 0.1 for the conv branches; DCNv1 uses 0.01 for the fc branch
+  offset/mask branches (DCNv2 §3.2: β = 0.1 for the conv branches; DCNv1 uses 0.01 for the fc branch
   of deformable RoI pooling in Faster R-CNN).
 """
 from __future__ import annotations
@@ -176,7 +176,7 @@ class DeformConv2dPack(DeformConv2d):
 
 
 class ModulatedDeformConv2dPack(DeformConv2dPack):
-    r"""Modulated deformable convolution predicting offsets and mask, DCNv2 Eq. (1), §3.1.
+    r"""Modulated deformable convolution predicting offsets and mask, DCNv2 Eq. (1), §3.2.
 
     ``out = conv_offset(input)`` with ``3*G*kh*kw`` channels: ``out[:, :2*G*kh*kw]`` are the offsets
     (layout of :class:`DeformConv2d`), ``sigmoid(out[:, 2*G*kh*kw:])`` the mask ``[N, G*kh*kw, Ho, Wo]``.
@@ -212,7 +212,7 @@ def offset_param_groups(
     offset_lr_mult: float = 0.1,
     extra_rules: Optional[Mapping[Rule, float]] = None,
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups giving offset/mask branches ``base_lr * β`` (DCNv2 §3.1: β = 0.1).
+    """Optimizer parameter groups giving offset/mask branches ``base_lr * β`` (DCNv2 §3.2: β = 0.1).
 
     The multiplier of a parameter is decided by the first rule that applies:
 

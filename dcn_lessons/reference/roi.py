@@ -318,18 +318,14 @@ def roi_align_backward(
     sampling_ratio: int = -1,
     aligned: bool = True,
 ) -> np.ndarray:
-    r"""Gradient of :func:`roi_align` with respect to ``input`` (DCNv1 Eq. 5 with the bilinear kernel of
-    Eq. 3, transposed; DCNv1 App. A): each sample scatters ``grad_output[k, c, i, j] · G / n_ij`` onto its
-    (up to four) corners, G the bilinear weight.
+    r"""Gradient of :func:`roi_align` with respect to ``input``: each sample scatters
+    ``grad_output[k, c, i, j] · G / n_ij`` onto its (up to four) corners, G the bilinear weight.
 
     Args:
         grad_output: ``[K, C, ph, pw]``; other arguments as :func:`roi_align`.
 
     Returns:
         ``grad_input`` ``[N, C, H, W]`` (zeros where no sample reads; all zeros when K = 0).
-
-    Boundary: the rule of :func:`roi_align`: a sample with y < -1 or y > H (likewise x) sends nothing;
-    otherwise it is clamped into [0, H-1] and its weights go to the corners it read.
     """
     input, boxes, _, _, size, c_out = _prepare(
         input, boxes, None, None, output_size, spatial_scale, sampling_ratio, 0.0, False, "boxes"
@@ -501,9 +497,8 @@ def ps_roi_align_backward(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
 ) -> np.ndarray:
-    r"""Gradient of :func:`ps_roi_align` with respect to ``input`` (Eq. 5 of DCNv1 per score map, transposed):
-    as :func:`roi_align_backward`, each bin scattering only into its own score-map channel
-    ``(c·ph + i)·pw + j``; same boundary rule.
+    r"""Gradient of :func:`ps_roi_align` with respect to ``input``: as :func:`roi_align_backward`, each bin
+    scattering only into its own score-map channel ``(c·ph + i)·pw + j``.
 
     Args:
         grad_output: ``[K, C_out, ph, pw]``; the rest as :func:`ps_roi_align`.
