@@ -64,3 +64,13 @@ def test_readme_gives_two_commands_and_every_lesson():
     assert ci.strip().splitlines()[-1] == "make test", ".ci/run must end by running the README's test command"
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         assert nb.name in readme, f"README's lesson table does not link {nb.name}"
+
+
+def test_readme_figures_are_filled_in_and_their_sources_exist():
+    readme = (REPO / "README.md").read_text()
+    assert "PLACEHOLDER" not in readme and "TODO" not in readme
+    named = re.findall(r"`((?:benchmarks|tests|notebooks|dcn_lessons)/[\w./-]+\.(?:py|json|sh|ipynb))`", readme)
+    assert "benchmarks/results/deform_conv_cpu.json" in named
+    for path in named:
+        if "NN" not in path:  # a pattern such as lessonNN.py
+            assert (REPO / path).is_file(), f"README names {path}, which does not exist"
