@@ -384,8 +384,12 @@ def test_torch_ops_run_end_to_end_on_the_emulated_kernels(monkeypatch, variant):
         calls.append(t.shape)
         return emu
 
+    fused_calls = []
+    real_fused = emu.deform_col2im_fused
+    monkeypatch.setattr(emu, "deform_col2im_fused", lambda *a: fused_calls.append(1) or real_fused(*a))
     monkeypatch.setattr(dcuda, "kernels_for", fake_kernels_for)
     got = run()
     assert calls, "the operators never asked kernels_for: nothing was tested"
+    assert bool(fused_calls) == (variant[1] == "fused"), "the autograd Function did not use the chosen backward"
     for i, (a, e) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=f"result {i}")

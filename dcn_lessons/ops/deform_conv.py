@@ -358,6 +358,16 @@ class _ColumnsPath:
                 del cols
             if need_input or need_offset or need_mask:
                 gcols = torch.matmul(w_g.transpose(1, 2), go_c).reshape(e - s, c * kh * kw, length)
+                both = getattr(self.kern, "deform_conv_backward_columns", None)
+                if both is not None and need_input and (need_offset or need_mask):
+                    # the CUDA kernels' one call for all three (a fused kernel where chosen)
+                    g_in, g_off, g_m = both(gcols, x, off, m, ks, stride, padding, dilation)
+                    grad_input[s:e] = g_in  # type: ignore[index]
+                    if grad_offset is not None:
+                        grad_offset[s:e] = g_off
+                    if grad_mask is not None:
+                        grad_mask[s:e] = g_m
+                    continue
                 if grad_input is not None:
                     grad_input[s:e] = self.kern.deform_col2im(gcols, off, m, x.shape, ks, stride, padding, dilation)
                 if grad_offset is not None or grad_mask is not None:
