@@ -65,3 +65,17 @@ def expect_close(got, want, what="result", atol=1e-8, rtol=1e-6, hint=""):
             msg += f"\nHint: {hint}"
         raise ExerciseError(msg)
     return arr
+
+
+def _first_match(got, variants):
+    """The name of the first ``(name, value)`` of ``variants`` that ``got`` equals: which typical mistake a
+    wrong answer made (or None)."""
+    try:
+        arr = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    for name, want in variants:
+        want = np.asarray(want, dtype=np.float64)
+        if arr.shape == want.shape and np.allclose(arr, want, atol=1e-8, rtol=1e-6):
+            return name
+    return None

@@ -12,19 +12,6 @@ so that the message can say which one it was.
 import numpy as np  # noqa: F401
 
 
-def _first_match(got, variants):
-    """The name of the first wrong variant that ``got`` equals (or None)."""
-    try:
-        arr = np.asarray(got, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    for name, want in variants:
-        want = np.asarray(want, dtype=np.float64)
-        if arr.shape == want.shape and np.allclose(arr, want, atol=1e-8, rtol=1e-6):
-            return name
-    return None
-
-
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 

@@ -13,19 +13,6 @@ mistakes so that the message can say which one it was.
 import numpy as np  # noqa: F401
 
 
-def _first_match(got, variants):
-    """The name of the first wrong variant that ``got`` equals (or None)."""
-    try:
-        arr = np.asarray(got, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    for name, want in variants:
-        want = np.asarray(want, dtype=np.float64)
-        if arr.shape == want.shape and np.allclose(arr, want, atol=1e-8, rtol=1e-6):
-            return name
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- q1
 
 def _mask_grad_case(rng, n, C, G, kernel, stride, H, W, kind):

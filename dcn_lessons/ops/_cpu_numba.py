@@ -81,6 +81,24 @@ if AVAILABLE:
                 for xx in range(w):
                     dst[xx + 1, ch] = src[xx]
 
+    @njit(inline="always")
+    def _sample(off, msk, has_mask, b, l_, g, k, kk, kw, yo, xo, sh, sw, ph, pw, dh, dw, h, w):  # type: ignore[no-untyped-def]
+        """Kernel point k of offset group g for output pixel (yo, xo) of image b (DCNv1 Eq. 2, the COURSE.md rule):
+        ``(inside, ly, lx, m, y0, x0)`` with (y0, x0) the top-left corner, (ly, lx) the fractional parts and m the
+        modulation scalar (1 without a mask); a sample is inside iff -1 < y < H and -1 < x < W (NaN is outside)."""
+        T = off.dtype.type
+        i = k // kw
+        j = k - i * kw
+        oc = 2 * (g * kk + k)
+        py = T(yo * sh - ph + i * dh) + off[b, oc, l_]
+        px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
+        if not (py > -1.0 and py < h and px > -1.0 and px < w):
+            return False, T(0.0), T(0.0), T(0.0), 0, 0
+        y0 = math.floor(py)
+        x0 = math.floor(px)
+        m = msk[b, g * kk + k, l_] if has_mask else T(1.0)
+        return True, py - T(y0), px - T(x0), m, int(y0), int(x0)
+
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def _columns_kernel(xp, off, msk, has_mask, kh, kw, sh, sw, ph, pw, dh, dw, wo, groups, start, stop, cols):  # type: ignore[no-untyped-def]
         """cols[b, l, (gi*K + k)*Cg + c'] = mask * x_c(p0 + p_k + Δp_k) for units u = b*L + l in [start, stop).
@@ -113,25 +131,16 @@ if AVAILABLE:
                 c_lo = g * cog
                 c_hi = c_lo + cog
                 for k in range(kk):
-                    i = k // kw
-                    j = k - i * kw
-                    oc = 2 * (g * kk + k)
-                    py = T(yo * sh - ph + i * dh) + off[b, oc, l_]
-                    px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
-                    inside = py > -1.0 and py < h and px > -1.0 and px < w
+                    inside, ly, lx, m, y0, x0 = _sample(off, msk, has_mask, b, l_, g, k, kk, kw, yo, xo,
+                                                        sh, sw, ph, pw, dh, dw, h, w)
                     w00 = w01 = w10 = w11 = T(0.0)
                     corner = 0
                     if inside:
-                        y0 = math.floor(py)
-                        x0 = math.floor(px)
-                        ly = py - T(y0)
-                        lx = px - T(x0)
-                        m = msk[b, g * kk + k, l_] if has_mask else one
                         w00 = (one - ly) * (one - lx) * m
                         w01 = (one - ly) * lx * m
                         w10 = ly * (one - lx) * m
                         w11 = ly * lx * m
-                        corner = b * plane + ((int(y0) + 1) * (w + 2) + int(x0) + 1) * c
+                        corner = b * plane + ((y0 + 1) * (w + 2) + x0 + 1) * c
                     gi = c_lo // cg
                     while gi * cg < c_hi:  # the weight groups this offset group's channels fall in
                         lo = max(c_lo, gi * cg)
@@ -189,30 +198,23 @@ if AVAILABLE:
                 c_lo = g * cog
                 c_hi = c_lo + cog
                 for k in range(kk):
-                    i = k // kw
-                    j = k - i * kw
                     oc = 2 * (g * kk + k)
-                    py = T(yo * sh - ph + i * dh) + off[b, oc, l_]
-                    px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
-                    if not (py > -1.0 and py < h and px > -1.0 and px < w):
+                    inside, ly, lx, m, y0, x0 = _sample(off, msk, has_mask, b, l_, g, k, kk, kw, yo, xo,
+                                                        sh, sw, ph, pw, dh, dw, h, w)
+                    if not inside:
                         if need_coord:
                             goff[b, oc, l_] = zero
                             goff[b, oc + 1, l_] = zero
                             if has_mask:
                                 gmsk[b, g * kk + k, l_] = zero
                         continue
-                    y0 = math.floor(py)
-                    x0 = math.floor(px)
-                    ly = py - T(y0)
-                    lx = px - T(x0)
                     hy = one - ly
                     hx = one - lx
-                    m = msk[b, g * kk + k, l_] if has_mask else one
                     w00 = hy * hx * m
                     w01 = hy * lx * m
                     w10 = ly * hx * m
                     w11 = ly * lx * m
-                    corner = b * plane + ((int(y0) + 1) * (w + 2) + int(x0) + 1) * c
+                    corner = b * plane + ((y0 + 1) * (w + 2) + x0 + 1) * c
                     s00 = zero
                     s01 = zero
                     s10 = zero
