@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from dcn_lessons.bench import time_interleaved
 
 SHAPES = {
     "conv3": dict(N=2, C=128, O=128, H=100, W=152, dilation=1, padding=1),
@@ -48,16 +49,8 @@ def cuda_time(fn: Callable[[], object]) -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds of each callable, run in turn (A B C A B C ...) to share the machine's drift."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    torch.cuda.synchronize()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(cuda_time(f))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each callable, timed with CUDA events in turn (A B C A B C ...) to share the drift."""
+    return {k: t.median for k, t in time_interleaved(fns, repeats, warmup, timer=cuda_time).items()}
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:

@@ -4,7 +4,8 @@ One process, 2 threads (``torch.set_num_threads(2)``). Each path (the tensor pat
 path) is timed in its own interleaved pair with the baseline (baseline, ours, baseline, ours, ...), so the
 two never disturb each other's caches; ratio = median(ours) / median(F.conv2d) of that pair, for the
 forward pass and for forward+backward (gradients for input, offset, weight, bias and mask), v1 (mask=None)
-and v2.
+and v2. For the compiled path it also times forward+backward with its sampling kernels on 2 threads against
+1 (``kernel_threads_2_over_1``; the GEMMs use PyTorch's 2 threads either way), interleaved the same way.
 Shapes (the issue's): N=2, 3x3 kernel, pad 1, offsets ~ N(0, 1): C=O=64 at 32x32, C=O=128 at 32x32,
 C=O=256 at 16x16.
 
@@ -23,16 +24,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from dcn_lessons.bench import time_interleaved
 from dcn_lessons.ops import deform_conv as D
 
 SHAPES = [(2, 64, 32, 32), (2, 128, 32, 32), (2, 256, 16, 16)]
@@ -83,19 +83,23 @@ def runner(kind: str, t: dict, backward: bool) -> Callable[[], None]:
     return run
 
 
-def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    for fn in fns.values():  # warm-up (compiles the fast path, fills allocator caches)
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
+def pair(a: Callable[[], None], b: Callable[[], None], repeats: int) -> dict[str, float]:
+    """Medians and minima (seconds) of ``a`` and ``b`` timed in turn (dcn_lessons.bench.time_interleaved)."""
+    t = time_interleaved({"a": a, "b": b}, repeats, warmup=2)
+    return dict(a=t["a"].median, b=t["b"].median, min_a=t["a"].min, min_b=t["b"].min)
+
+
+def with_kernel_threads(n: int, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` with the compiled path's sampling kernels on ``n`` threads (its KERNEL_THREADS knob)."""
+    def run() -> None:
+        from dcn_lessons.ops import _cpu_numba
+
+        _cpu_numba.KERNEL_THREADS = n
+        try:
             fn()
-            times[k].append(time.perf_counter() - t0)
-    out = {k: statistics.median(v) for k, v in times.items()}
-    out.update({f"min_{k}": min(v) for k, v in times.items()})
-    return out
+        finally:
+            _cpu_numba.KERNEL_THREADS = None
+    return run
 
 
 def rss_child(kind: str, shape: tuple[int, int, int, int], modulated: bool) -> Optional[int]:
@@ -146,12 +150,17 @@ def main() -> None:
             row: dict = dict(shape=f"N={n} C=O={c} {h}x{w}", version="v2" if modulated else "v1")
             for phase, bwd in (("fwd", False), ("fwdbwd", True)):
                 for k in kinds[1:]:  # each path timed in its own interleaved pair with the baseline
-                    med = time_interleaved({"conv2d": runner("conv2d", t, bwd), k: runner(k, t, bwd)}, repeats)
-                    row[f"{phase}_{k}_ms"] = med[k] * 1e3
-                    row[f"{phase}_{k}_ratio"] = med[k] / med["conv2d"]
-                    row[f"{phase}_{k}_min_ratio"] = med[f"min_{k}"] / med["min_conv2d"]
-                    row[f"{phase}_conv2d_ms"] = med["conv2d"] * 1e3  # the last pair's (the fast path's)
-                    row[f"{phase}_conv2d_min_ms"] = med["min_conv2d"] * 1e3
+                    r = pair(runner("conv2d", t, bwd), runner(k, t, bwd), repeats)
+                    row[f"{phase}_{k}_ms"] = r["b"] * 1e3
+                    row[f"{phase}_{k}_ratio"] = r["b"] / r["a"]
+                    row[f"{phase}_{k}_min_ratio"] = r["min_b"] / r["min_a"]
+                    row[f"{phase}_conv2d_ms"] = r["a"] * 1e3  # the last pair's (the fast path's)
+                    row[f"{phase}_conv2d_min_ms"] = r["min_a"] * 1e3
+            if fast_ok:  # the compiled path's sampling kernels on 2 threads against 1 (its default here)
+                fb = runner("fast", t, True)
+                r = pair(with_kernel_threads(1, fb), with_kernel_threads(2, fb), repeats)
+                row["kernel_threads_2_over_1"] = r["b"] / r["a"]
+                row["kernel_threads_2_over_1_min"] = r["min_b"] / r["min_a"]
             cols_bytes = D._chunk_size(n, c * 9, h * w, 4) * c * 9 * h * w * 4
             row["columns_buffer_bytes"] = cols_bytes
             if not args.quick:
@@ -170,8 +179,8 @@ def main() -> None:
         "Ratios: median(ours)/median(F.conv2d), with min(ours)/min(F.conv2d) in brackets (robust to outside load).",
         "",
         "| shape | ver | conv2d fwd ms | tensor fwd x | fast fwd x | conv2d f+b ms | tensor f+b x | fast f+b x "
-        "| columns MiB | peak RSS growth MiB conv2d / tensor / fast |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fast f+b, kernels on 2 threads / 1 | columns MiB | peak RSS growth MiB conv2d / tensor / fast |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     mib = 2.0**20
 
@@ -184,7 +193,8 @@ def main() -> None:
         lines.append(
             f"| {r['shape']} | {r['version']} | {r['fwd_conv2d_ms']:.2f} | {both(r, 'fwd', 'tensor')} | "
             f"{both(r, 'fwd', 'fast')} | {r['fwdbwd_conv2d_ms']:.2f} | {both(r, 'fwdbwd', 'tensor')} | "
-            f"{both(r, 'fwdbwd', 'fast')} | {r['columns_buffer_bytes'] / mib:.2f} | {rss_s} |"
+            f"{both(r, 'fwdbwd', 'fast')} | {fmt(r.get('kernel_threads_2_over_1'))} "
+            f"({fmt(r.get('kernel_threads_2_over_1_min'))}) | {r['columns_buffer_bytes'] / mib:.2f} | {rss_s} |"
         )
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +207,6 @@ def main() -> None:
         import numba
 
         machine["numba"] = numba.__version__
-        machine["numba_threading_layer"] = os.environ.get("NUMBA_THREADING_LAYER", "default")
     except ImportError:
         pass
     args.out.write_text(json.dumps(dict(

@@ -1,4 +1,4 @@
-"""How the course times code: ratios within one run, interleaved, median of repeats (COURSE.md, "Measuring speed").
+"""How the course times code: ratios within one run, interleaved, median of repeats (the course's rule for measuring speed).
 
 Absolute times drift from run to run and machine to machine; the ratio of two things timed in turn, in one
 process, shares that drift. :func:`time_interleaved` runs the candidates as A B C A B C ... after a warm-up

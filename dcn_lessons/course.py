@@ -4,8 +4,9 @@
   only: a learner's work is never overwritten) and start JupyterLab on ``notebooks/``; passes
   ``--allow-root`` only when run as root.
 * ``student [MASTER ...] [--out DIR] [--force]`` -- generate student notebooks and autograder zips.
-* ``grade LESSON_OR_ZIP SUBMISSIONS... [--csv FILE] [--timeout S] [--full]`` -- grade submitted
-  notebooks (files or folders of ``*.ipynb``) and write a CSV of scores per exercise.
+* ``grade LESSON_OR_ZIP SUBMISSIONS... [--csv FILE] [--timeout S] [--jobs N] [--full]`` -- grade submitted
+  notebooks (files or folders of ``*.ipynb``) and write a CSV of scores per exercise; submissions run in
+  fast mode unless ``--full``.
 
 Bad input (a path that does not exist, a corrupt notebook) prints one clear line and exits
 non-zero: 2 for unusable arguments, 1 when some submissions could not be read.

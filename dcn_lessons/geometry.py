@@ -1,7 +1,7 @@
 """Kernel geometry shared by the lessons: the regular grid R and offsets that express
 the special cases of DCNv1 Fig. 1 (dilation, scale, aspect ratio, rotation).
 
-Conventions (COURSE.md): kernel point k runs row-major over (kh, kw); an offset is (Δy, Δx);
+Conventions (README, "Conventions shared by every tier"): kernel point k runs row-major over (kh, kw); an offset is (Δy, Δx);
 the sampling position of kernel point (i, j) for output (y, x) is
 ``(y*stride_h - pad_h + i*dil_h + Δy, x*stride_w - pad_w + j*dil_w + Δx)``.
 """

@@ -139,7 +139,7 @@ def test_integer_coordinate_rule_matches_reference(path: str) -> None:
 
 
 def test_offset_gradient_is_zero_outside() -> None:
-    """A sample at y <= -1 (or >= H) is outside: value and offset gradient are 0 (COURSE.md rule)."""
+    """A sample at y <= -1 (or >= H) is outside: value and offset gradient are 0 (the position rule, README conventions)."""
     case = make_case(n=1, c=2, h=4, w=4, o=1, k=(1, 1), padding=(0, 0), modulated=False, bias=False)
     off = torch.zeros_like(case["offset"])
     off[:, 0] = -1.0 - torch.arange(4, dtype=off.dtype).view(1, 4, 1)  # row y samples at y - 1 - y = -1
@@ -399,30 +399,42 @@ def test_only_requested_gradients_are_computed() -> None:
 
 
 def test_fast_path_threaded_split_matches_tensor_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Force the compiled path to split every kernel across threads (uneven ranges) and compare.
-
-    The kernels stay on one thread while PyTorch uses at most 2, so the test asks PyTorch for 3."""
+    """Force the compiled path to split every kernel across 2 threads (uneven ranges) and compare."""
     if not D.cpu_fast_path_available():
         pytest.skip("compiled CPU path unavailable (numba not installed)")
     from dcn_lessons.ops import _cpu_numba
 
     monkeypatch.setattr(_cpu_numba, "SERIAL_BELOW", 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        assert _cpu_numba._threads(10, 10) == 3
-        case = make_case(n=3, c=5, h=5, w=6, o=2, offset_groups=5, k=(2, 3), padding=(0, 1), seed=13)
-        res = {}
-        for flag in ("0", "1"):
-            monkeypatch.setenv("DCN_LESSONS_CPU_FAST", flag)
-            ts = [case[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")]
-            y = D.deform_conv2d(ts[0], ts[1], ts[2], ts[3], 1, case["padding"], 1, mask=ts[4])
-            (y * y).sum().backward()
-            res[flag] = [y.detach()] + [t.grad for t in ts]
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(_cpu_numba, "KERNEL_THREADS", 2)
+    assert _cpu_numba._threads(10, 10) == 2
+    case = make_case(n=3, c=5, h=5, w=6, o=2, offset_groups=5, k=(2, 3), padding=(0, 1), seed=13)
+    res = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("DCN_LESSONS_CPU_FAST", flag)
+        ts = [case[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")]
+        y = D.deform_conv2d(ts[0], ts[1], ts[2], ts[3], 1, case["padding"], 1, mask=ts[4])
+        (y * y).sum().backward()
+        res[flag] = [y.detach()] + [t.grad for t in ts]
     for a, b in zip(res["0"], res["1"]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def test_kernel_thread_rule() -> None:
+    """One thread for small calls and while torch uses at most 2 threads; torch's count above that."""
+    if not D.cpu_fast_path_available():
+        pytest.skip("compiled CPU path unavailable (numba not installed)")
+    from dcn_lessons.ops import _cpu_numba
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _cpu_numba._threads(100, 1 << 20) == 1
+        torch.set_num_threads(4)
+        assert _cpu_numba._threads(100, 1 << 20) == 4
+        assert _cpu_numba._threads(3, 1 << 20) == 3  # never more threads than units
+        assert _cpu_numba._threads(100, 10) == 1  # below SERIAL_BELOW
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_without_numba_the_operator_falls_back_to_the_tensor_path() -> None:

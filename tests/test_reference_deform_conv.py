@@ -297,7 +297,7 @@ def _literal_sample(img, py, px):
 
 
 def deform_conv2d_brute(x, off, w, b, stride, padding, dilation, m):
-    """v2 Eq. (1) / v1 Eq. (2) from the conventions of COURSE.md, nothing shared with the package."""
+    """v2 Eq. (1) / v1 Eq. (2) from the conventions in the README, nothing shared with the package."""
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape

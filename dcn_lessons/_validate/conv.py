@@ -5,7 +5,7 @@ NumPy reference and the PyTorch tier call the same functions and raise the same 
 need to look at the data (:func:`check_finite`, :func:`check_float_dtype`) are written for NumPy arrays; the
 torch tier decides for itself whether to use them.
 
-Conventions (COURSE.md, shared with ``torchvision.ops.deform_conv2d``):
+Conventions (the README's "Conventions shared by every tier", as ``torchvision.ops.deform_conv2d``):
 
 * input ``[N, C, H, W]``; weight ``[O, C/groups, kh, kw]``; bias ``[O]``;
 * offset ``[N, 2*G*kh*kw, Ho, Wo]`` (G offset groups), mask ``[N, G*kh*kw, Ho, Wo]``;

@@ -10,7 +10,7 @@ kernel is launched:
   (g++). Slow (one emulated thread at a time) but bit-for-bit the same code path; used by the tests and
   lesson 06 on machines without a GPU.
 
-Layouts and sampling rules: COURSE.md (offset ``[N, 2*G*kh*kw, Ho, Wo]`` with (dy, dx) pairs, mask
+Layouts and sampling rules: the README's conventions (offset ``[N, 2*G*kh*kw, Ho, Wo]`` with (dy, dx) pairs, mask
 ``[N, G*kh*kw, Ho, Wo]``, columns ``[N, C*kh*kw, Ho*Wo]``; RoI offsets ``[K, 2, ph, pw]`` x first, masks
 ``[K, 1, ph, pw]``). Every method checks shapes and dtypes (ValueError/TypeError naming the argument); the
 RoI *values* (batch indices in range) are checked by :class:`EmulatedKernels` always and by
@@ -144,7 +144,7 @@ class KernelBackend:
                             mask: Optional[torch.Tensor], kernel_size: IntPair, stride: IntPair, padding: IntPair,
                             dilation: IntPair) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Offset and mask gradients of :meth:`deform_im2col`: ``(grad_offset [N, 2*G*K, Ho, Wo],
-        grad_mask [N, G*K, Ho, Wo] or None)``. Position gradient by the torchvision rule (COURSE.md): 0 unless
+        grad_mask [N, G*K, Ho, Wo] or None)``. Position gradient by the torchvision rule (README conventions): 0 unless
         -1 < y < H and -1 < x < W, floor held fixed (forward difference at integer coordinates)."""
         geo, x, offset, mask = self._conv_inputs("input", input, tuple(getattr(input, "shape", ())), offset, mask,
                                                  kernel_size, stride, padding, dilation)

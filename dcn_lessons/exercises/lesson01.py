@@ -174,7 +174,7 @@ def _floor_grad(img, py, px, H, W):
 
 def check_position_grad(fn):
     """q2: ``fn(img, py, px)`` returns ``(gy, gx)``, the derivative of the bilinear sample ``x(p)`` (q1) with
-    respect to ``py`` and ``px``, each of shape S, by the rule of COURSE.md (torchvision/mmcv): 0 unless
+    respect to ``py`` and ``px``, each of shape S, by the course's position rule (torchvision/mmcv): 0 unless
     ``-1 < y < H`` and ``-1 < x < W``; inside, differentiate the four-neighbour form with ``floor(p)`` held
     fixed, so at an integer coordinate it is the forward difference ``x(q+1) - x(q)``."""
     from dcn_lessons.reference import bilinear_sample_backward

@@ -127,7 +127,7 @@ def _central_ref(image, weight, offsets, y, x, eps=1e-6):
 def check_offset_grad(fn):
     """q2: ``fn(image, weight, offsets, y, x)`` -> ``[9, 2]``: d out(y, x) / d(Δy_k, Δx_k) of a 3x3
     deformable conv with one output channel, stride 1, padding 1 (DCNv1 App. A, Eq. 7), with the
-    position rule of COURSE.md (floor held fixed; 0 unless -1 < y < H and -1 < x < W).
+    course's position rule (floor held fixed; 0 unless -1 < y < H and -1 < x < W).
 
     image ``[C, H, W]``; weight ``[C, 3, 3]``; offsets ``[9, 2]`` (Δy, Δx) of output (y, x).
     """

@@ -1,8 +1,9 @@
 """Compiled CPU path of deformable convolution (Numba): channels-last, fused, table-free.
 
 Same operator, semantics and results as the columns path of :mod:`dcn_lessons.ops.deform_conv`
-(DCNv1 Eq. 2-4, DCNv2 Eq. 1, the COURSE.md position rule); what differs is the memory layout, chosen
-so that the inner loops run over *channels*, contiguously, and vectorise:
+(DCNv1 Eq. 2-4, DCNv2 Eq. 1, the course's position rule: README, "Conventions shared by every tier");
+what differs is the memory layout, chosen so that the inner loops run over *channels*, contiguously,
+and vectorise:
 
 * the input is copied once into a zero-bordered, channels-last plane ``xp [n, H+2, W+2, C]``: the four
   corners of a sample that is inside (-1 < y < H, -1 < x < W) all lie in it, and a corner off the map
@@ -20,15 +21,16 @@ so that the inner loops run over *channels*, contiguously, and vectorise:
   reading each column gradient once.
 
 Threads: the GEMMs run on PyTorch's own threads (MKL/OpenMP). The sampling kernels run on the calling
-thread, and when PyTorch uses more than 2 threads they are split over that many Python threads, each
-running a nogil kernel over a range of (image, output pixel) units; in the backward pass every thread but
-the first then scatters into a private input-gradient buffer (samples of any pixel may land anywhere in
-the image), summed at the end: no atomics, and deterministic for a fixed thread count. Why not always:
-after each parallel region, PyTorch's OpenMP workers keep spinning for a while (GNU OpenMP's default spin
-count is 300000 iterations), so a second set of threads started right after a GEMM competes with them for
-the cores. On the 2-core machine this course is measured on, splitting the kernels over 2 threads made
-forward+backward of N=2, C=O=64, 32x32 slower, not faster (median 8.2 ms against 7.7 ms on one thread,
-the two interleaved in one run), so up to 2 PyTorch threads the kernels stay on one.
+thread, and when PyTorch uses more than 2 threads (and a call has at least :data:`SERIAL_BELOW` column
+entries) they are split over that many Python threads, each running a nogil kernel over a range of
+(image, output pixel) units; in the backward pass every thread but the first then scatters into a private
+input-gradient buffer (samples of any pixel may land anywhere in the image), summed at the end: no
+atomics, and deterministic for a fixed thread count. Why not always: after each parallel region,
+PyTorch's OpenMP workers keep spinning for a while (GNU OpenMP's default spin count is 300000
+iterations), so a second set of threads started right after a GEMM competes with them for the cores. On
+the 2-core machine this course is measured on, splitting the kernels over 2 threads did not pay: the
+benchmark (``benchmarks/bench_deform_conv_cpu.py``, ``kernel_threads_2_over_1`` in its results) times
+forward+backward both ways, interleaved in one run. :data:`KERNEL_THREADS` overrides the rule.
 
 Used by :func:`dcn_lessons.ops.deform_conv.deform_conv2d` for float32/float64 CPU tensors when Numba
 imports, unless ``DCN_LESSONS_CPU_FAST=0``; ``AVAILABLE`` is False without Numba and the operator falls
@@ -58,6 +60,9 @@ Pair = tuple[int, int]
 #: Below this many column entries (image * pixel * C * K) a call runs on the calling thread only.
 SERIAL_BELOW: int = 1 << 15
 
+#: Threads for the sampling kernels; None: automatic (see :func:`_threads`). The benchmark sets it to compare.
+KERNEL_THREADS: Optional[int] = None
+
 # fastmath without nnan/ninf: a NaN offset must keep failing the "inside" test (it is treated as outside).
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 
@@ -83,7 +88,7 @@ if AVAILABLE:
 
     @njit(inline="always")
     def _sample(off, msk, has_mask, b, l_, g, k, kk, kw, yo, xo, sh, sw, ph, pw, dh, dw, h, w):  # type: ignore[no-untyped-def]
-        """Kernel point k of offset group g for output pixel (yo, xo) of image b (DCNv1 Eq. 2, the COURSE.md rule):
+        """Kernel point k of offset group g for output pixel (yo, xo) of image b (DCNv1 Eq. 2, the course's position rule):
         ``(inside, ly, lx, m, y0, x0)`` with (y0, x0) the top-left corner, (ly, lx) the fractional parts and m the
         modulation scalar (1 without a mask); a sample is inside iff -1 < y < H and -1 < x < W (NaN is outside)."""
         T = off.dtype.type
@@ -254,11 +259,13 @@ _POOL: Optional[ThreadPoolExecutor] = None
 
 
 def _threads(total: int, work: int) -> int:
-    """How many threads run a kernel over ``total`` units: 1 below :data:`SERIAL_BELOW` entries of work, and
-    1 while PyTorch itself runs on at most 2 threads (see the module docstring), else PyTorch's count."""
-    nt = torch.get_num_threads()
-    if work < SERIAL_BELOW or nt <= 2:
+    """How many threads run a kernel over ``total`` units: 1 below :data:`SERIAL_BELOW` entries of work;
+    else :data:`KERNEL_THREADS` if set, else 1 while PyTorch uses at most 2 threads (see the module
+    docstring) and PyTorch's count above that; never more than ``total``."""
+    if work < SERIAL_BELOW:
         return 1
+    nt = torch.get_num_threads()
+    nt = KERNEL_THREADS if KERNEL_THREADS is not None else (nt if nt > 2 else 1)
     return max(1, min(nt, total))
 
 

@@ -18,7 +18,7 @@ __all__ = ["bilinear_sample"]
 
 
 class _BilinearSampleFunction(torch.autograd.Function):
-    """x(p) = sum over the four corners q of G(q, p) x(q); backward by the COURSE.md position rule."""
+    """x(p) = sum over the four corners q of G(q, p) x(q); backward by the course's position rule."""
 
     @staticmethod
     def forward(ctx: Any, input: Tensor, py: Tensor, px: Tensor) -> Tensor:  # type: ignore[override]
@@ -44,7 +44,7 @@ class _BilinearSampleFunction(torch.autograd.Function):
             grad_input = grad_input.reshape(c, h, w)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             flat = input.reshape(c, h * w)
-            # S_q = sum over channels of grad * x(q), a corner off the map reading 0 (the COURSE.md rule)
+            # S_q = sum over channels of grad * x(q), a corner off the map reading 0 (the course's position rule)
             s00, s01, s10, s11 = ((go * flat[:, idx]).sum(0) * v for idx, v in zip(cr.index, cr.valid))
             grad_py = (cr.hx * (s10 - s00) + cr.lx * (s11 - s01)).reshape(py.shape)
             grad_px = (cr.hy * (s01 - s00) + cr.ly * (s11 - s10)).reshape(px.shape)
@@ -63,7 +63,7 @@ def bilinear_sample(input: Tensor, py: Tensor, px: Tensor) -> Tensor:
 
     Boundary: a corner off the map reads 0, so a sample with ``y <= -1`` or ``y >= H`` (likewise x) is 0.
     Gradients (hand-written backward): to ``input`` exact everywhere (a scatter through the four weights);
-    to ``py``/``px`` by the COURSE.md rule shared with torchvision and mmcv: 0 unless -1 < y < H and
+    to ``py``/``px`` by the course's position rule shared with torchvision and mmcv: 0 unless -1 < y < H and
     -1 < x < W; inside, the corners are floor(p) and floor(p)+1 with the floor held fixed, so at an
     integer coordinate the gradient is the forward difference ``x(q+1) - x(q)``. Position gradients are
     summed over channels.

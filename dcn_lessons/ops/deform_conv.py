@@ -16,7 +16,7 @@ the other way round, scatters the columns' gradient back into the input (*col2im
 differentiates the bilinear weights with respect to the sampling position (*col2im_coord*, DCNv1
 Eq. 7) to get the offset (and mask) gradients.
 
-Conventions (``COURSE.md``, shared with torchvision and mmcv):
+Conventions (the README's "Conventions shared by every tier", as in torchvision and mmcv):
 
 * offset ``[N, 2*G*kh*kw, Ho, Wo]``: for offset group g and kernel point k (row-major over
   (kh, kw)), channel ``g*2*K + 2k`` is Δy and ``g*2*K + 2k + 1`` is Δx; mask ``[N, G*kh*kw, Ho, Wo]``.
@@ -33,8 +33,9 @@ Conventions (``COURSE.md``, shared with torchvision and mmcv):
   tier does not scan for them (that would cost a device sync).
 
 The three primitives :func:`deform_im2col`, :func:`deform_col2im` and :func:`deform_col2im_coord`
-are the contract shared with the CUDA tier (``dcn_lessons.cuda.kernels_for``); the optional compiled
-CPU path (``dcn_lessons.ops._cpu_numba``) computes the same forward and backward with its own,
+are the contract shared with the CUDA tier (``dcn_lessons.cuda.kernels_for``; a kernels object may also
+offer ``deform_conv_backward_columns``, the input, offset and mask gradients in one call, which the
+columns path then uses); the optional compiled CPU path (``dcn_lessons.ops._cpu_numba``) computes the same forward and backward with its own,
 channels-last layout. :func:`deform_conv2d` dispatches per call.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _sampling_positions(
 
 
 class _Corners:
-    """The four integral neighbours of each sample (v1 Eq. 3-4 with the COURSE.md rule).
+    """The four integral neighbours of each sample (v1 Eq. 3-4 with the course's position rule).
 
     Corner order is (y0, x0), (y0, x1), (y1, x0), (y1, x1) with y0 = floor(py), y1 = y0 + 1.
     ``index[c]`` is the flat index y*W + x (clamped into the map so it can always be gathered),
@@ -233,7 +234,7 @@ def deform_col2im_coord(
     """Offset and mask gradients of deformable im2col (derivative of DCNv1 Eq. 4 in p; DCNv2 Eq. 1).
 
     With S_q = sum over the channels of an offset group of ``grad_col * x(q)`` for each corner q of a
-    sample (S_00, S_01, S_10, S_11), the rule of COURSE.md gives
+    sample (S_00, S_01, S_10, S_11), the course's position rule gives
 
         d/dΔy = mask * (hx*(S_10 - S_00) + lx*(S_11 - S_01))
         d/dΔx = mask * (hy*(S_01 - S_00) + ly*(S_11 - S_10))
@@ -520,7 +521,7 @@ def deform_conv2d(
         ``[N, O, Ho, Wo]`` with ``Ho = (H + 2*pad_h - (dil_h*(kh-1) + 1)) // stride_h + 1`` (likewise Wo).
 
     Boundary: Eq. (3) literally (neighbours outside the map read 0); offset gradient by the
-    COURSE.md rule (inside iff -1 < y < H and -1 < x < W; forward difference at integers).
+    course's position rule (inside iff -1 < y < H and -1 < x < W; forward difference at integers).
     Differentiable once in every tensor argument (double backward raises).
 
     Raises:

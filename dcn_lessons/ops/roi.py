@@ -1,7 +1,7 @@
 """PyTorch tier of the RoI pooling family: operators with a hand-written backward.
 
 Every operator here is a :class:`torch.autograd.Function` whose forward and backward are written in
-tensor code (no autograd through the gather). The sampling rule is COURSE.md's RoI rule, that of
+tensor code (no autograd through the gather). The sampling rule is the course's RoI rule (README conventions), that of
 ``torchvision.ops.roi_align(aligned=True)``:
 
 * an RoI row ``(b, x1, y1, x2, y2)`` (input-image pixels) starts at ``x1*spatial_scale - 0.5`` (likewise
@@ -468,7 +468,7 @@ def roi_align(
 ) -> Tensor:
     """RoI Align: DCNv1 Eq. (5) with each bin's sum replaced by the mean of bilinear samples (Eq. 3-4).
 
-    ``y(i, j) = (1/count) * sum_{samples p in bin(i, j)} x(p0 + p)``, COURSE.md's RoI rule
+    ``y(i, j) = (1/count) * sum_{samples p in bin(i, j)} x(p0 + p)``, the course's RoI rule (README conventions)
     (= ``torchvision.ops.roi_align``). Note the default ``aligned=True`` (torchvision's default is False).
 
     Args:

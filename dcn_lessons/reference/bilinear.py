@@ -8,7 +8,7 @@ Deformable convolution reads the feature map ``x`` at fractional positions ``p``
 where ``q`` runs over every integral position of the map. Only the (at most) four neighbours
 ``floor(p)`` and ``floor(p)+1`` have a non-zero kernel, which gives the fast four-neighbour form.
 
-Boundary behaviour (COURSE.md, the same as torchvision and mmcv):
+Boundary behaviour (README, "Conventions shared by every tier"; the same as torchvision and mmcv):
 
 * neighbours outside the map contribute 0, so the value at ``y <= -1`` or ``y >= H`` (likewise x) is 0;
   the value is continuous everywhere, e.g. it falls linearly from ``x(0)`` at ``y = 0`` to 0 at ``y = -1``.

@@ -9,7 +9,7 @@ output position and kernel point (v1 Eq. 2), and DCNv2 a learned modulation scal
 
 The fractional positions are read with bilinear sampling, DCNv1 Eq. (3) (:mod:`.bilinear`).
 
-Conventions (COURSE.md; the same names, argument order and layout as ``torchvision.ops.deform_conv2d``):
+Conventions (README, "Conventions shared by every tier"; the same names, argument order and layout as ``torchvision.ops.deform_conv2d``):
 
 * input ``[N, C, H, W]``; weight ``[O, C/groups, kh, kw]``; bias ``[O]`` or None;
 * offset ``[N, 2*G*kh*kw, Ho, Wo]``: channels ``[g*2K:(g+1)*2K]`` belong to offset group g; inside a group,

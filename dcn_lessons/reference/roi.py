@@ -17,7 +17,7 @@ function                       equation                                         
                                bin on position-sensitive score maps)
 =============================  ====================================================  ==========================
 
-Shared conventions (see COURSE.md):
+Shared conventions (README, "Conventions shared by every tier"):
 
 * ``input`` is ``[N, C, H, W]``; RoIs are ``[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image
   pixels, mapped to the feature map by ``spatial_scale``; the output is ``[K, C_out, ph, pw]``. K = 0 gives an

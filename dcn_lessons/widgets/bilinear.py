@@ -8,7 +8,7 @@ in which a learned offset would move the point to raise the sampled value. Right
 bars, the sampled value and the gradient.
 
 Everything drawn comes from the package's reference functions (``bilinear_weights``,
-``bilinear_sample``, ``bilinear_sample_backward``), with the boundary rules of COURSE.md: a corner off the
+``bilinear_sample``, ``bilinear_sample_backward``), with the boundary rules of the README's conventions: a corner off the
 map reads 0, and outside ``-1 < y < H``, ``-1 < x < W`` value and gradient are 0.
 """
 from __future__ import annotations
