@@ -89,7 +89,7 @@ def test_q1_answer_is_the_mask_gradient_of_the_package_operator():
         (all_channels, "the sum taken over ALL channels"),
         (lambda g, c, m, G: mask_grad(g, torch.ones_like(c), m, G), "without multiplying by the sampled values"),
         (lambda g, c, m, G: -mask_grad(g, c, m, G), "the sign flipped"),
-        (lambda g, c, m, G: mask_grad(g, c, m, G).reshape(m.shape[0], m.shape[1], -1), "reshape the last axis L"),
+        (lambda g, c, m, G: mask_grad(g, c, m, G).reshape(m.shape[0], m.shape[1], -1), "reshape the last axis P"),
         (lambda g, c, m, G: (g * c).reshape(*m.shape[:1], -1, *m.shape[2:]), "sum over the channels of each offset group"),
         (lambda g, c, m, G: (g * c).reshape(m.shape[0], -1, m.shape[1] // G, *m.shape[2:]).sum(1), "has its own K masks"),
         (lambda g, c, m, G: mask_grad(g, c, m, G) + 1e-3, "gradient mismatch"),

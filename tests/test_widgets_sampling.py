@@ -1,4 +1,4 @@
-"""Lesson 05's explorer, headless: the sampling points of one unit, followed down the layers (DCNv1 Fig. 5)."""
+"""Lesson 05's explorer, headless: the sampling points of one unit, followed down the layers (DCNv1 Fig. 5-6)."""
 from __future__ import annotations
 
 import numpy as np

@@ -99,9 +99,9 @@ def _central_difference(cols, gcols, mask, G, idx):
 def check_mask_grad_columns(fn):
     """q1: ``fn(grad_columns, columns, mask, offset_groups)`` -> ``grad_mask`` shaped like ``mask``.
 
-    grad_columns ``[n, C*K, L]``: ∂L/∂(masked columns); columns ``[n, C*K, L]``: the UNMASKED samples
+    grad_columns ``[n, C*K, P]``: ∂L/∂(masked columns); columns ``[n, C*K, P]``: the UNMASKED samples
     x_c(p + p_k + Δp_k), row ``c*K + k`` (``deform_im2col(..., mask=None, ...)``); mask ``[n, G*K, Ho, Wo]``
-    (L = Ho*Wo); offset group g owns channels ``g*C/G ... (g+1)*C/G - 1``. All torch float64.
+    (P = Ho*Wo); offset group g owns channels ``g*C/G ... (g+1)*C/G - 1``. All torch float64.
     Answer: ``grad_mask[n, g*K + k, p] = sum over c in group g of grad_columns[n, c*K + k, p] * columns[n, c*K + k, p]``,
     the mask gradient ``deform_col2im_coord`` returns.
     """
@@ -128,7 +128,7 @@ def check_mask_grad_columns(fn):
                                 "group separately, giving G*K channels",
                 (n, K, Ho * Wo): "each of the G offset groups has its own K masks: sum over the C/G channels of each "
                                  "group separately, giving G*K channels",
-                (n, G * K, Ho * Wo): "reshape the last axis L = Ho*Wo back to [Ho, Wo]: return the shape of mask",
+                (n, G * K, Ho * Wo): "reshape the last axis P = Ho*Wo back to [Ho, Wo]: return the shape of mask",
             }
             extra = known.get(tuple(arr.shape))
             raise ExerciseError(f"{what}: expected shape {list(want.shape)} (the shape of mask), got {list(arr.shape)}"

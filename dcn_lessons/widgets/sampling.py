@@ -1,9 +1,10 @@
-"""Lesson 05's explorer: where the deformable layers of a trained digit classifier sample (DCNv1 Fig. 5).
+"""Lesson 05's explorer: where the deformable layers of a trained digit classifier sample (DCNv1 Fig. 5-6).
 
-DCNv1 Fig. 5 draws, for one activation unit of a deep layer, the sampling locations ``p0 + p_k + Δp_k``
+DCNv1 Fig. 6 draws, for one activation unit of a deep layer, the sampling locations ``p0 + p_k + Δp_k``
 (Eq. 2) of that layer and, below each of them, those of the layer underneath: 9 points for one 3x3 layer,
-9·9 = 81 for two. :func:`unit_samples` computes exactly that for a :class:`~dcn_lessons.training.DigitNet`,
-in image pixels, with the layer maps of :func:`~dcn_lessons.training.image_sampling_locations`; a plain
+9·9 = 81 for two, 9^3 = 729 for the three layers of the figure (Fig. 5 is the schematic of the idea for two
+layers). :func:`unit_samples` computes exactly that for a :class:`~dcn_lessons.training.DigitNet`, in image
+pixels, with the layer maps of :func:`~dcn_lessons.training.image_sampling_locations`; a plain
 (non-deformable) layer contributes its regular grid. For a modulated (DCNv2) layer each point also carries
 its amplitude Δm_k, and a point found through two layers carries the product of the two.
 
@@ -59,7 +60,7 @@ def follow_unit(
 
     Level 1: the K points of ``layers[0]`` for that unit. Each further layer replaces every point P by the K
     sampling points of its own output unit nearest to P, translated by P minus that unit's position, so that
-    they are centred on P (DCNv1 Fig. 5 draws 9^3 points for three levels). The translation keeps the
+    they are centred on P (DCNv1 Fig. 6 draws 9^3 points for three levels). The translation keeps the
     regular grid symmetric when P falls between two units, as it does behind a 2x2 max-pool; the offsets
     Δp_k are those of the nearest unit.
 
@@ -110,7 +111,7 @@ def unit_samples(
 
 
 class SamplingExplorer(FigureExplorer):
-    """One panel per model: the sampling points of one unit of ``layer`` on one digit, DCNv1 Fig. 5 style.
+    """One panel per model: the sampling points of one unit of ``layer`` on one digit, DCNv1 Fig. 6 style.
 
     Controls: ``digit`` (index into ``images``), ``y`` and ``x`` (the unit on the output grid of ``layer``),
     ``levels`` (1: the points of ``layer``; 2: followed down through ``below`` as well).
