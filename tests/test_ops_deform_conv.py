@@ -456,3 +456,26 @@ def test_without_numba_the_operator_falls_back_to_the_tensor_path() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DCN_LESSONS_CPU_FAST"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_floor_just_below_integers(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples one ulp below an integer: the corners are floor(p), so the offset gradient is the difference
+    towards the integer above (x(n) - x(n-1)), on the compiled path as on the tensor path."""
+    if not D.cpu_fast_path_available():
+        pytest.skip("compiled CPU path unavailable (numba not installed)")
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(1, 3, 6, 6, generator=g, dtype=dtype)
+    base = torch.randint(-1, 3, (1, 18, 6, 6), generator=g).to(dtype)
+    off = torch.nextafter(base, torch.full_like(base, -100.0))  # just below an integer
+    w = torch.randn(2, 3, 3, 3, generator=g, dtype=dtype)
+    res = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("DCN_LESSONS_CPU_FAST", flag)
+        o = off.clone().requires_grad_()
+        y = D.deform_conv2d(x, o, w, padding=1)
+        y.sum().backward()
+        res[flag] = (y.detach(), o.grad)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(res["0"], res["1"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol)

@@ -99,10 +99,16 @@ if AVAILABLE:
         px = T(xo * sw - pw + j * dw) + off[b, oc + 1, l_]
         if not (py > -1.0 and py < h and px > -1.0 and px < w):
             return False, T(0.0), T(0.0), T(0.0), 0, 0
-        y0 = math.floor(py)
-        x0 = math.floor(px)
+        # floor(p) for p > -1, cheaper than math.floor: truncate p + 1 (> 0) towards zero, minus 1; the sum can
+        # round up to the next integer when p is within an ulp below one, which the comparison undoes
+        y0 = int(py + T(1.0)) - 1
+        x0 = int(px + T(1.0)) - 1
+        if T(y0) > py:
+            y0 -= 1
+        if T(x0) > px:
+            x0 -= 1
         m = msk[b, g * kk + k, l_] if has_mask else T(1.0)
-        return True, py - T(y0), px - T(x0), m, int(y0), int(x0)
+        return True, py - T(y0), px - T(x0), m, y0, x0
 
     @njit(nogil=True, cache=True, fastmath=_FASTMATH)
     def _columns_kernel(xp, off, msk, has_mask, kh, kw, sh, sw, ph, pw, dh, dw, wo, groups, start, stop, cols):  # type: ignore[no-untyped-def]
