@@ -6,6 +6,7 @@ Chromium or Playwright is not installed (``.ci/run`` installs Debian's chromium)
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -64,6 +65,28 @@ def lab(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _kernel_state(url: str, token: str, notebook: str) -> str:
+    """Execution state of the kernel of ``notebook``'s session, from the server's REST API ("" if none yet)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=5) as r:
+            sessions = json.loads(r.read())
+    except OSError:
+        return ""
+    for s in sessions:
+        if str(s.get("path", "")).endswith(notebook):
+            return str((s.get("kernel") or {}).get("execution_state", ""))
+    return ""
+
+
+def _wait_for_idle_kernel(url: str, token: str, notebook: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _kernel_state(url, token, notebook) != "idle":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the kernel of {notebook} was not idle after {timeout:.0f} s "
+                        f"(state {_kernel_state(url, token, notebook)!r})")
+        time.sleep(1)
+
+
 def test_lesson00_explorer_updates_in_a_real_browser(lab):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     url, token = lab
@@ -79,11 +102,19 @@ def test_lesson00_explorer_updates_in_a_real_browser(lab):
             page.set_default_timeout(240_000)
             page.goto(f"{url}/lab/tree/student/00_tour.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
-            page.get_by_role("menuitem", name="Run").click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _wait_for_idle_kernel(url, token, "00_tour.ipynb")  # the server's word, not the page's indicator
             figure = page.locator("img.dcn-figure").first
-            figure.wait_for(state="attached")  # JupyterLab renders cells lazily: bring it on screen
+            for attempt in (1, 2):  # a run request sent while the kernel was still connecting can be lost
+                page.get_by_role("menuitem", name="Run").click()
+                page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+                try:
+                    figure.wait_for(state="attached", timeout=120_000 * attempt)  # cells render lazily
+                    break
+                except sync_api.TimeoutError:
+                    if attempt == 2:
+                        outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+                        pytest.fail(f"no explorer figure after running all cells twice; kernel: "
+                                    f"{_kernel_state(url, token, '00_tour.ipynb')}; outputs: {outputs[-5:]!r}")
             figure.scroll_into_view_if_needed()
             figure.wait_for(state="visible")
             before_src, before_png = figure.get_attribute("src"), figure.screenshot()
