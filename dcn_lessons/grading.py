@@ -210,13 +210,12 @@ def package_files() -> dict[str, Path]:
     return files
 
 
-def _changed(snapshot: Snapshot, root: Path) -> list[str]:
-    """Names of the snapshot's files that are missing or different under ``root``."""
+def _changed(snapshot: Snapshot, files: dict[str, Path]) -> list[str]:
+    """Names of the snapshot's files whose copy at ``files[name]`` is missing or different."""
     bad = []
     for name, data in snapshot.items():
-        p = root / name
         try:
-            if p.read_bytes() != data:
+            if files[name].read_bytes() != data:
                 bad.append(name)
         except OSError:
             bad.append(name)
@@ -225,19 +224,13 @@ def _changed(snapshot: Snapshot, root: Path) -> list[str]:
 
 def _restore(snapshot: Snapshot, files: dict[str, Path]) -> list[str]:
     """Put back every installed package file that differs from the snapshot; return their names."""
-    bad = []
-    for name, data in snapshot.items():
+    bad = _changed(snapshot, files)
+    for name in bad:
         p = files[name]
-        try:
-            same = p.read_bytes() == data
-        except OSError:
-            same = False
-        if not same:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".restore.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(p)
-            bad.append(name)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".restore.tmp")
+        tmp.write_bytes(snapshot[name])
+        tmp.replace(p)
     return bad
 
 
@@ -250,9 +243,10 @@ def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dic
         sub.write_bytes(data)
         (work / "out").mkdir()
         pkg = work / "pkg"  # this submission's own copy of the course package
+        copy = {rel: pkg / rel for rel in package}
         for rel, content in package.items():
-            (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
-            (pkg / rel).write_bytes(content)
+            copy[rel].parent.mkdir(parents=True, exist_ok=True)
+            copy[rel].write_bytes(content)
         env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(pkg), env.get("PYTHONPATH", "")])),
                    DCN_LESSONS_KERNELS=str(pkg / "kernels"))
         cmd = [sys.executable, "-m", "otter", "run", "--no-logo", "-a", str(work / "autograder.zip"), "-o", str(work / "out"), str(sub)]
@@ -268,7 +262,7 @@ def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dic
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        edited = _changed(package, pkg)
+        edited = _changed(package, copy)
         if edited:
             return Result(name, "tampered", message=f"changed the course package: {', '.join(edited[:3])}")
         results = work / "out" / "results.json"

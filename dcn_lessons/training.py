@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ __all__ = [
     "layer_input",
     "sampling_locations",
     "image_sampling_locations",
+    "feature_to_pixel",
+    "pixel_to_feature",
 ]
 
 #: The three model variants: plain convolutions, DCNv1 (offsets), DCNv2 (offsets and modulation).
@@ -350,12 +352,22 @@ def layer_input(model: nn.Module, name: str, image: Tensor) -> Tensor:
     return seen[0]
 
 
-def image_sampling_locations(model: DigitNet, name: str, image: Tensor) -> LayerSamples:
-    """:func:`sampling_locations` of layer ``name`` for ``image``, mapped to image pixel coordinates.
+def feature_to_pixel(p: Any, stride: int) -> Any:
+    """Image-pixel coordinate of feature coordinate ``p`` (a number or an array) of a map whose input has
+    stride ``stride`` (``DigitNet.strides``: 1, 2, 4, the 2x2 max-pools): ``stride*p + (stride - 1)/2``, the
+    centre of the block of pixels that feature p summarises."""
+    return stride * p + (stride - 1) / 2
 
-    A position p of a layer whose input has stride s (``DigitNet.strides``: 1, 2, 4, the 2x2 max-pools) is
-    drawn at ``s*p + (s - 1)/2``, the centre of the block of pixels that feature p summarises.
-    """
+
+def pixel_to_feature(q: Any, stride: int, size: int) -> Any:
+    """The inverse of :func:`feature_to_pixel`, rounded to the nearest feature and clipped into ``[0, size)``:
+    the unit (one coordinate) of a map of ``size`` features nearest to image pixel ``q`` (number or array)."""
+    return np.clip(np.rint((np.asarray(q) - (stride - 1) / 2) / stride), 0, size - 1).astype(int)
+
+
+def image_sampling_locations(model: DigitNet, name: str, image: Tensor) -> LayerSamples:
+    """:func:`sampling_locations` of layer ``name`` for ``image``, mapped to image pixel coordinates
+    with :func:`feature_to_pixel`."""
     s = model.strides[name]
     ls = sampling_locations(getattr(model, name), layer_input(model, name, image))
-    return LayerSamples(s * ls.py + (s - 1) / 2, s * ls.px + (s - 1) / 2, ls.mask)
+    return LayerSamples(feature_to_pixel(ls.py, s), feature_to_pixel(ls.px, s), ls.mask)

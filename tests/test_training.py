@@ -169,3 +169,13 @@ def test_image_sampling_locations_map_feature_positions_to_pixels():
 def test_digitnet_rejects_bad_width():
     with pytest.raises(ValueError, match="width"):
         DigitNet(0)
+
+
+def test_feature_and_pixel_coordinates_are_inverse():
+    from dcn_lessons.training import feature_to_pixel, pixel_to_feature
+
+    assert feature_to_pixel(0, 1) == 0 and feature_to_pixel(1, 2) == 2.5 and feature_to_pixel(2, 4) == 9.5
+    units = np.arange(6)
+    np.testing.assert_array_equal(pixel_to_feature(feature_to_pixel(units, 4), 4, 6), units)
+    # the nearest unit, clipped to the map: pixel 9.4 is closest to unit 2 (pixel 9.5); far pixels clip
+    assert pixel_to_feature(9.4, 4, 6) == 2 and pixel_to_feature(-30.0, 4, 6) == 0 and pixel_to_feature(99.0, 4, 6) == 5

@@ -38,7 +38,6 @@ back to the columns path. Kernels compile on first use (seconds) and are cached 
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 

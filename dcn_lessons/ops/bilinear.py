@@ -2,7 +2,8 @@
 
 The PyTorch counterpart of :func:`dcn_lessons.reference.bilinear_sample`: same name, arguments,
 shapes and rule, so a learner can move from the NumPy tier to this one line by line. It reuses the
-corner rule of :class:`dcn_lessons.ops.deform_conv._Corners` (written once, there).
+corner rule of :class:`dcn_lessons.ops.deform_conv._Corners` and the position gradient of its
+``_position_grads`` (each written once, there).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from dcn_lessons.ops.deform_conv import _Corners
+from dcn_lessons.ops.deform_conv import _Corners, _position_grads
 
 __all__ = ["bilinear_sample"]
 
@@ -45,9 +46,9 @@ class _BilinearSampleFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             flat = input.reshape(c, h * w)
             # S_q = sum over channels of grad * x(q), a corner off the map reading 0 (the course's position rule)
-            s00, s01, s10, s11 = ((go * flat[:, idx]).sum(0) * v for idx, v in zip(cr.index, cr.valid))
-            grad_py = (cr.hx * (s10 - s00) + cr.lx * (s11 - s01)).reshape(py.shape)
-            grad_px = (cr.hy * (s01 - s00) + cr.ly * (s11 - s10)).reshape(px.shape)
+            s = [(go * flat[:, idx]).sum(0) * v for idx, v in zip(cr.index, cr.valid)]
+            gy, gx = _position_grads(cr, *s)
+            grad_py, grad_px = gy.reshape(py.shape), gx.reshape(px.shape)
         return grad_input, grad_py, grad_px
 
 

@@ -33,10 +33,10 @@ Conventions (the README's "Conventions shared by every tier", as in torchvision 
   tier does not scan for them (that would cost a device sync).
 
 The three primitives :func:`deform_im2col`, :func:`deform_col2im` and :func:`deform_col2im_coord`
-are the contract shared with the CUDA tier (``dcn_lessons.cuda.kernels_for``; a kernels object may also
-offer ``deform_conv_backward_columns``, the input, offset and mask gradients in one call, which the
-columns path then uses); the optional compiled CPU path (``dcn_lessons.ops._cpu_numba``) computes the same forward and backward with its own,
-channels-last layout. :func:`deform_conv2d` dispatches per call.
+are the contract shared with the CUDA tier (``dcn_lessons.cuda.kernels_for``), with a fourth,
+``deform_conv_backward_columns``: the input, offset and mask gradients in one call (the CUDA kernels
+can fuse it). The optional compiled CPU path (``dcn_lessons.ops._cpu_numba``) computes the same forward
+and backward with its own, channels-last layout. :func:`deform_conv2d` dispatches per call.
 """
 from __future__ import annotations
 
@@ -118,6 +118,12 @@ class _Corners:
         self.valid = [ins * vy0 * vx0, ins * vy0 * vx1, ins * vy1 * vx0, ins * vy1 * vx1]
         bil = [self.hy * self.hx, self.hy * self.lx, self.ly * self.hx, self.ly * self.lx]
         self.weight = [v * b for v, b in zip(self.valid, bil)]
+
+
+def _position_grads(cr: _Corners, s00: Tensor, s01: Tensor, s10: Tensor, s11: Tensor) -> tuple[Tensor, Tensor]:
+    """d/dy and d/dx of a bilinear sample (v1 Eq. 4 differentiated with floor(p) held fixed), from
+    S_q = sum over channels of grad * x(q) at its four corners q (a corner off the map reads 0)."""
+    return cr.hx * (s10 - s00) + cr.lx * (s11 - s01), cr.hy * (s01 - s00) + cr.ly * (s11 - s10)
 
 
 def _as_pair(v: IntPair) -> Pair:
@@ -265,9 +271,7 @@ def deform_col2im_coord(
     for idx, valid in zip(cr.index, cr.valid):
         vals = torch.gather(src, 3, idx.reshape(n, g, 1, k * length).expand(n, g, c // g, k * length))
         s.append((vals.mul_(gcol)).sum(2).reshape(n, g, k, length) * valid)
-    s00, s01, s10, s11 = s
-    gy = cr.hx * (s10 - s00) + cr.lx * (s11 - s01)
-    gx = cr.hy * (s01 - s00) + cr.ly * (s11 - s10)
+    gy, gx = _position_grads(cr, *s)
     m = _mask_view(mask, n, g, k, length)
     grad_mask: Optional[Tensor] = None
     if m is not None:
@@ -285,6 +289,16 @@ class _TensorPath:
     deform_im2col = staticmethod(deform_im2col)
     deform_col2im = staticmethod(deform_col2im)
     deform_col2im_coord = staticmethod(deform_col2im_coord)
+
+    @staticmethod
+    def deform_conv_backward_columns(
+        grad_columns: Tensor, input: Tensor, offset: Tensor, mask: Optional[Tensor], kernel_size: IntPair,
+        stride: IntPair, padding: IntPair, dilation: IntPair,
+    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Input, offset and mask gradients in one call (the CUDA kernels' signature): col2im, then col2im_coord."""
+        gi = deform_col2im(grad_columns, offset, mask, tuple(input.shape), kernel_size, stride, padding, dilation)
+        go, gm = deform_col2im_coord(grad_columns, input, offset, mask, kernel_size, stride, padding, dilation)
+        return gi, go, gm
 
 
 _TENSOR_PATH = _TensorPath()
@@ -357,26 +371,23 @@ class _ColumnsPath:
                 cols = cols.view(e - s, groups, rows, length)
                 grad_weight += torch.matmul(go_c, cols.transpose(2, 3)).sum(0)
                 del cols
-            if need_input or need_offset or need_mask:
-                gcols = torch.matmul(w_g.transpose(1, 2), go_c).reshape(e - s, c * kh * kw, length)
-                both = getattr(self.kern, "deform_conv_backward_columns", None)
-                if both is not None and need_input and (need_offset or need_mask):
-                    # the CUDA kernels' one call for all three (a fused kernel where chosen)
-                    g_in, g_off, g_m = both(gcols, x, off, m, ks, stride, padding, dilation)
-                    grad_input[s:e] = g_in  # type: ignore[index]
-                    if grad_offset is not None:
-                        grad_offset[s:e] = g_off
-                    if grad_mask is not None:
-                        grad_mask[s:e] = g_m
-                    continue
-                if grad_input is not None:
-                    grad_input[s:e] = self.kern.deform_col2im(gcols, off, m, x.shape, ks, stride, padding, dilation)
-                if grad_offset is not None or grad_mask is not None:
-                    g_off, g_m = self.kern.deform_col2im_coord(gcols, x, off, m, ks, stride, padding, dilation)
-                    if grad_offset is not None:
-                        grad_offset[s:e] = g_off
-                    if grad_mask is not None:
-                        grad_mask[s:e] = g_m
+            need_coord = need_offset or need_mask
+            if not (need_input or need_coord):
+                continue
+            gcols = torch.matmul(w_g.transpose(1, 2), go_c).reshape(e - s, c * kh * kw, length)
+            g_in = g_off = g_m = None
+            if need_input and need_coord:  # one call (the CUDA kernels fuse it when asked to)
+                g_in, g_off, g_m = self.kern.deform_conv_backward_columns(gcols, x, off, m, ks, stride, padding, dilation)
+            elif need_input:
+                g_in = self.kern.deform_col2im(gcols, off, m, x.shape, ks, stride, padding, dilation)
+            else:
+                g_off, g_m = self.kern.deform_col2im_coord(gcols, x, off, m, ks, stride, padding, dilation)
+            if grad_input is not None:
+                grad_input[s:e] = g_in
+            if grad_offset is not None:
+                grad_offset[s:e] = g_off
+            if grad_mask is not None:
+                grad_mask[s:e] = g_m
         gw = grad_weight.reshape(weight.shape) if grad_weight is not None else None
         return grad_input, grad_offset, gw, grad_mask
 
@@ -450,12 +461,14 @@ class _DeformConv2dFunction(torch.autograd.Function):
         padding: Pair,
         dilation: Pair,
     ) -> Tensor:
-        out = _implementation(input).forward(input, offset, weight, mask, stride, padding, dilation)
+        impl = _implementation(input)
+        out = impl.forward(input, offset, weight, mask, stride, padding, dilation)
         if bias is not None:
             out += bias.view(1, -1, 1, 1)
         ctx.save_for_backward(input, offset, weight, mask)
         ctx.has_bias = bias is not None
         ctx.conf = (stride, padding, dilation)
+        ctx.impl = impl  # the backward runs where the forward ran
         return out
 
     @staticmethod
@@ -463,7 +476,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         input, offset, weight, mask = ctx.saved_tensors
         need_in, need_off, need_w, need_b, need_m = ctx.needs_input_grad[:5]
-        grad_input, grad_offset, grad_weight, grad_mask = _implementation(input).backward(
+        grad_input, grad_offset, grad_weight, grad_mask = ctx.impl.backward(
             grad_output, input, offset, weight, mask, *ctx.conf, need_in, need_off, need_w, need_m
         )
         grad_bias = grad_output.sum(dim=(0, 2, 3)) if (need_b and ctx.has_bias) else None

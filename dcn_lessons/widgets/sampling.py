@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from dcn_lessons.ops.layers import DeformConv2dPack, ModulatedDeformConv2dPack
-from dcn_lessons.training import DigitNet, LayerSamples, image_sampling_locations, make_model
+from dcn_lessons.training import (
+    DigitNet,
+    LayerSamples,
+    feature_to_pixel,
+    image_sampling_locations,
+    make_model,
+    pixel_to_feature,
+)
 from dcn_lessons.widgets.base import FigureExplorer
 
 __all__ = ["layer_samples", "follow_unit", "unit_samples", "SamplingExplorer"]
@@ -42,14 +49,6 @@ def layer_samples(model: DigitNet, name: str, image: Tensor, regular: bool = Fal
     if isinstance(layer, DeformConv2dPack) and not regular:
         return image_sampling_locations(model, name, image)
     return image_sampling_locations(make_model("v1", width=1, deform=(name,)), name, image)
-
-
-def _nearest_unit(points: np.ndarray, stride: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Index (row, column) of the output unit of a layer with input stride ``stride`` (image pixels per
-    feature) nearest to each image point; unit u sits at image pixel ``stride*u + (stride - 1)/2``."""
-    uy = np.clip(np.rint((points[:, 0] - (stride - 1) / 2) / stride), 0, size[0] - 1).astype(int)
-    ux = np.clip(np.rint((points[:, 1] - (stride - 1) / 2) / stride), 0, size[1] - 1).astype(int)
-    return uy, ux
 
 
 def follow_unit(
@@ -92,8 +91,8 @@ def follow_unit(
         below = samples[name]
         _, k, hb, wb = below.py.shape
         st = strides[name]
-        uy, ux = _nearest_unit(points, st, (hb, wb))
-        centres = np.stack([st * uy + (st - 1) / 2, st * ux + (st - 1) / 2], axis=1)  # [n, 2], the units below
+        uy, ux = pixel_to_feature(points[:, 0], st, hb), pixel_to_feature(points[:, 1], st, wb)
+        centres = feature_to_pixel(np.stack([uy, ux], axis=1), st)  # [n, 2], the units below
         pattern = np.stack([below.py[0][:, uy, ux], below.px[0][:, uy, ux]], axis=2) - centres[None]  # [K, n, 2]
         children = points[None] + pattern  # the unit's sampling pattern, centred on the point itself
         m = np.ones((k, len(points))) if below.mask is None else below.mask[0][:, uy, ux]
@@ -204,7 +203,7 @@ class SamplingExplorer(FigureExplorer):
         image = self.images[digit, 0].numpy()
         size = image.shape[-1]
         stride = DigitNet.strides[self.layer]
-        self.centre = np.array([stride * unit[0] + (stride - 1) / 2, stride * unit[1] + (stride - 1) / 2])
+        self.centre = feature_to_pixel(np.array(unit, dtype=np.float64), stride)
         self.grid, _ = follow_unit(self._layer_samples(None, digit), unit, layers)
         label = "" if self.labels is None else f", label {int(self.labels[digit])}"
         for name, ax in self.axes.items():
