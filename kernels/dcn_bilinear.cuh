@@ -80,28 +80,30 @@ __device__ __forceinline__ DcnCorners<T> dcn_roi_corners(T y, T x, dcn_index_t H
   return c;
 }
 
-// Sampled value sum_t w_t x(corner_t) of one channel plane `im` (off-map corners read 0).
-template <typename T>
-__device__ __forceinline__ T dcn_sample(const T* im, const DcnCorners<T>& c) {
-  T v = T(0);
+// Sampled value sum_t w_t x(corner_t) of one channel plane `im` (off-map corners read 0). The plane may be
+// stored in a 16-bit type T; the weights, and the sum, are in the compute type A (dcn_common.cuh).
+template <typename T, typename A>
+__device__ __forceinline__ A dcn_sample(const T* im, const DcnCorners<A>& c) {
+  A v = A(0);
   for (int t = 0; t < 4; ++t)
-    if (c.idx[t] >= 0) v += c.w[t] * im[c.idx[t]];
+    if (c.idx[t] >= 0) v += c.w[t] * dcn_load(im + c.idx[t]);
   return v;
 }
 
 // Value and position gradient (d value/dy, d value/dx) of one channel plane, by the rule of `c`.
-template <typename T>
-__device__ __forceinline__ void dcn_sample_grad(const T* im, const DcnCorners<T>& c, T* value, T* dy, T* dx) {
-  T v = T(0), gy = T(0), gx = T(0);
+template <typename T, typename A>
+__device__ __forceinline__ void dcn_sample_grad(const T* im, const DcnCorners<A>& c, A* value, A* dy, A* dx) {
+  A v = A(0), gy = A(0), gx = A(0);
   for (int t = 0; t < 4; ++t) {
     if (c.idx[t] < 0) continue;
-    const T q = im[c.idx[t]];
+    const A q = dcn_load(im + c.idx[t]);
     v += c.w[t] * q;  gy += c.wy[t] * q;  gx += c.wx[t] * q;
   }
   *value = v;  *dy = gy;  *dx = gx;
 }
 
 // Gradient of the sample with respect to the map (Eq. (3) is linear in x): atomicAdd g * w_t to each corner.
+// grad_im is in the compute type (a float buffer for 16-bit inputs: float32 accumulation, no 16-bit atomics).
 template <typename T>
 __device__ __forceinline__ void dcn_scatter(T* grad_im, const DcnCorners<T>& c, T g) {
   for (int t = 0; t < 4; ++t)

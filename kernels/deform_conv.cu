@@ -11,6 +11,11 @@
 //   py = y*stride_h - pad_h + i*dil_h + dy,  px = x*stride_w - pad_w + j*dil_w + dx,
 // sampled by rule 1 of dcn_bilinear.cuh (Eq. (3), zero outside, torchvision's position gradient).
 //
+// Element types: T is float, double, dcn_half or dcn_bfloat16 (dcn_common.cuh); every kernel computes in
+// A = DcnAcc<T>::type (float for the 16-bit types: positions, weights and channel sums in float32). The
+// columns, offset/mask gradients are stored as T; grad_input is accumulated with atomicAdd in an A buffer
+// (float32 for 16-bit inputs; the caller converts it back), so no kernel needs a 16-bit atomic.
+//
 // Every kernel takes `n` (the number of work items) first and loops over it with DCN_GRID_STRIDE_LOOP.
 // Unused pointer arguments (mask when has_mask == 0, grad_mask when it is not wanted) must still be valid
 // pointers (any tensor); they are never dereferenced.
@@ -22,15 +27,15 @@ struct DcnConvShape {
 };
 
 // Position (py, px) of kernel point k for output (y, x) of image n, offset group g.
-template <typename T>
+template <typename T, typename A>
 __device__ __forceinline__ void dcn_conv_position(const T* offset, const DcnConvShape& s, dcn_index_t n,
                                                   dcn_index_t g, dcn_index_t k, dcn_index_t y, dcn_index_t x,
-                                                  T* py, T* px) {
+                                                  A* py, A* px) {
   const dcn_index_t K = s.kh * s.kw, L = s.Ho * s.Wo;
   const T* off = offset + ((n * s.G + g) * 2 * K + 2 * k) * L + y * s.Wo + x;
   const dcn_index_t i = k / s.kw, j = k % s.kw;
-  *py = (T)(y * s.sh - s.ph + i * s.dh) + off[0];
-  *px = (T)(x * s.sw - s.pw + j * s.dw) + off[L];
+  *py = (A)(y * s.sh - s.ph + i * s.dh) + dcn_load(off);
+  *px = (A)(x * s.sw - s.pw + j * s.dw) + dcn_load(off + L);
 }
 
 #define DCN_CONV_ARGS                                                                                    \
@@ -45,6 +50,7 @@ template <typename T>
 __global__ void deform_im2col_kernel(dcn_index_t n, const T* input, const T* offset, const T* mask,
                                      int has_mask, T* columns, DCN_CONV_ARGS) {
   DCN_CONV_SHAPE;
+  typedef typename DcnAcc<T>::type A;
   const dcn_index_t K = kh * kw, L = Ho * Wo;
   DCN_GRID_STRIDE_LOOP(index, n) {
     const dcn_index_t x = index % Wo, y = (index / Wo) % Ho, c = (index / L) % C, b = index / (L * C);
@@ -52,11 +58,11 @@ __global__ void deform_im2col_kernel(dcn_index_t n, const T* input, const T* off
     const T* im = input + (b * C + c) * H * W;
     T* col = columns + ((b * C + c) * K) * L + y * Wo + x;
     for (dcn_index_t k = 0; k < K; ++k) {
-      T py, px;
+      A py, px;
       dcn_conv_position(offset, s, b, g, k, y, x, &py, &px);
-      T v = dcn_sample(im, dcn_conv_corners(py, px, H, W));
-      if (has_mask) v *= mask[((b * G + g) * K + k) * L + y * Wo + x];
-      col[k * L] = v;
+      A v = dcn_sample(im, dcn_conv_corners(py, px, H, W));
+      if (has_mask) v *= dcn_load(mask + ((b * G + g) * K + k) * L + y * Wo + x);
+      dcn_store(col + k * L, v);
     }
   }
 }
@@ -68,16 +74,17 @@ template <typename T>
 __global__ void deform_im2col_grouped_kernel(dcn_index_t n, const T* input, const T* offset, const T* mask,
                                              int has_mask, T* columns, DCN_CONV_ARGS) {
   DCN_CONV_SHAPE;
+  typedef typename DcnAcc<T>::type A;
   const dcn_index_t K = kh * kw, L = Ho * Wo, cpg = C / G;
   DCN_GRID_STRIDE_LOOP(index, n) {
     const dcn_index_t x = index % Wo, y = (index / Wo) % Ho, k = (index / L) % K;
     const dcn_index_t g = (index / (L * K)) % G, b = index / (L * K * G);
-    T py, px;
+    A py, px;
     dcn_conv_position(offset, s, b, g, k, y, x, &py, &px);
-    const DcnCorners<T> cr = dcn_conv_corners(py, px, H, W);
-    const T m = has_mask ? mask[((b * G + g) * K + k) * L + y * Wo + x] : T(1);
+    const DcnCorners<A> cr = dcn_conv_corners(py, px, H, W);
+    const A m = has_mask ? dcn_load(mask + ((b * G + g) * K + k) * L + y * Wo + x) : A(1);
     for (dcn_index_t c = g * cpg; c < (g + 1) * cpg; ++c)
-      columns[((b * C + c) * K + k) * L + y * Wo + x] = m * dcn_sample(input + (b * C + c) * H * W, cr);
+      dcn_store(columns + ((b * C + c) * K + k) * L + y * Wo + x, m * dcn_sample(input + (b * C + c) * H * W, cr));
   }
 }
 
@@ -86,17 +93,18 @@ __global__ void deform_im2col_grouped_kernel(dcn_index_t n, const T* input, cons
 // (atomicAdd; Eq. (3) is linear in x). grad_input must be zeroed by the caller.
 template <typename T>
 __global__ void deform_col2im_kernel(dcn_index_t n, const T* grad_columns, const T* offset, const T* mask,
-                                     int has_mask, T* grad_input, DCN_CONV_ARGS) {
+                                     int has_mask, typename DcnAcc<T>::type* grad_input, DCN_CONV_ARGS) {
   DCN_CONV_SHAPE;
+  typedef typename DcnAcc<T>::type A;
   const dcn_index_t K = kh * kw, L = Ho * Wo;
   DCN_GRID_STRIDE_LOOP(index, n) {
     const dcn_index_t x = index % Wo, y = (index / Wo) % Ho, k = (index / L) % K;
     const dcn_index_t c = (index / (L * K)) % C, b = index / (L * K * C);
     const dcn_index_t g = c / (C / G);
-    T py, px;
+    A py, px;
     dcn_conv_position(offset, s, b, g, k, y, x, &py, &px);
-    T gcol = grad_columns[index];
-    if (has_mask) gcol *= mask[((b * G + g) * K + k) * L + y * Wo + x];
+    A gcol = dcn_load(grad_columns + index);
+    if (has_mask) gcol *= dcn_load(mask + ((b * G + g) * K + k) * L + y * Wo + x);
     dcn_scatter(grad_input + (b * C + c) * H * W, dcn_conv_corners(py, px, H, W), gcol);
   }
 }
@@ -110,26 +118,27 @@ __global__ void deform_col2im_coord_kernel(dcn_index_t n, const T* grad_columns,
                                            const T* offset, const T* mask, int has_mask, T* grad_offset,
                                            T* grad_mask, int want_grad_mask, DCN_CONV_ARGS) {
   DCN_CONV_SHAPE;
+  typedef typename DcnAcc<T>::type A;
   const dcn_index_t K = kh * kw, L = Ho * Wo, cpg = C / G;
   DCN_GRID_STRIDE_LOOP(index, n) {
     const dcn_index_t x = index % Wo, y = (index / Wo) % Ho, k = (index / L) % K;
     const dcn_index_t g = (index / (L * K)) % G, b = index / (L * K * G);
-    T py, px;
+    A py, px;
     dcn_conv_position(offset, s, b, g, k, y, x, &py, &px);
-    const DcnCorners<T> cr = dcn_conv_corners(py, px, H, W);
+    const DcnCorners<A> cr = dcn_conv_corners(py, px, H, W);
     const dcn_index_t mi = ((b * G + g) * K + k) * L + y * Wo + x;
-    const T m = has_mask ? mask[mi] : T(1);
-    T gy = T(0), gx = T(0), gm = T(0);
+    const A m = has_mask ? dcn_load(mask + mi) : A(1);
+    A gy = A(0), gx = A(0), gm = A(0);
     for (dcn_index_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-      const T gcol = grad_columns[((b * C + c) * K + k) * L + y * Wo + x];
-      T v, dvy, dvx;
+      const A gcol = dcn_load(grad_columns + ((b * C + c) * K + k) * L + y * Wo + x);
+      A v, dvy, dvx;
       dcn_sample_grad(input + (b * C + c) * H * W, cr, &v, &dvy, &dvx);
       gy += gcol * dvy;  gx += gcol * dvx;  gm += gcol * v;
     }
     T* go = grad_offset + ((b * G + g) * 2 * K + 2 * k) * L + y * Wo + x;
-    go[0] = m * gy;
-    go[L] = m * gx;
-    if (want_grad_mask) grad_mask[mi] = gm;
+    dcn_store(go, m * gy);
+    dcn_store(go + L, m * gx);
+    if (want_grad_mask) dcn_store(grad_mask + mi, gm);
   }
 }
 
@@ -139,29 +148,31 @@ __global__ void deform_col2im_coord_kernel(dcn_index_t n, const T* grad_columns,
 // Replaces deform_col2im_kernel + deform_col2im_coord_kernel (same results; grad_input zeroed by the caller).
 template <typename T>
 __global__ void deform_col2im_fused_kernel(dcn_index_t n, const T* grad_columns, const T* input,
-                                           const T* offset, const T* mask, int has_mask, T* grad_input,
-                                           T* grad_offset, T* grad_mask, int want_grad_mask, DCN_CONV_ARGS) {
+                                           const T* offset, const T* mask, int has_mask,
+                                           typename DcnAcc<T>::type* grad_input, T* grad_offset, T* grad_mask,
+                                           int want_grad_mask, DCN_CONV_ARGS) {
   DCN_CONV_SHAPE;
+  typedef typename DcnAcc<T>::type A;
   const dcn_index_t K = kh * kw, L = Ho * Wo, cpg = C / G;
   DCN_GRID_STRIDE_LOOP(index, n) {
     const dcn_index_t x = index % Wo, y = (index / Wo) % Ho, k = (index / L) % K;
     const dcn_index_t g = (index / (L * K)) % G, b = index / (L * K * G);
-    T py, px;
+    A py, px;
     dcn_conv_position(offset, s, b, g, k, y, x, &py, &px);
-    const DcnCorners<T> cr = dcn_conv_corners(py, px, H, W);
+    const DcnCorners<A> cr = dcn_conv_corners(py, px, H, W);
     const dcn_index_t mi = ((b * G + g) * K + k) * L + y * Wo + x;
-    const T m = has_mask ? mask[mi] : T(1);
-    T gy = T(0), gx = T(0), gm = T(0);
+    const A m = has_mask ? dcn_load(mask + mi) : A(1);
+    A gy = A(0), gx = A(0), gm = A(0);
     for (dcn_index_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-      const T gcol = grad_columns[((b * C + c) * K + k) * L + y * Wo + x];
-      T v, dvy, dvx;
+      const A gcol = dcn_load(grad_columns + ((b * C + c) * K + k) * L + y * Wo + x);
+      A v, dvy, dvx;
       dcn_sample_grad(input + (b * C + c) * H * W, cr, &v, &dvy, &dvx);
       gy += gcol * dvy;  gx += gcol * dvx;  gm += gcol * v;
       dcn_scatter(grad_input + (b * C + c) * H * W, cr, m * gcol);
     }
     T* go = grad_offset + ((b * G + g) * 2 * K + 2 * k) * L + y * Wo + x;
-    go[0] = m * gy;
-    go[L] = m * gx;
-    if (want_grad_mask) grad_mask[mi] = gm;
+    dcn_store(go, m * gy);
+    dcn_store(go + L, m * gx);
+    if (want_grad_mask) dcn_store(grad_mask + mi, gm);
   }
 }

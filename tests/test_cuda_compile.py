@@ -1,8 +1,9 @@
 """Every kernel file of ``kernels/`` compiles with nvcc for the GPU generations we target (sm_70/80/90).
 
 One nvcc call compiles every file (each on its own, and the single inlined source CuPy receives) for all the
-supported architectures at once, with every ``__global__`` template instantiated for float and double and
-warnings as errors. Skipped, with the reason shown, where nvcc is not installed. CUDA 13's nvcc no longer
+supported architectures at once, with every ``__global__`` template instantiated for each of its element types
+(``ELEMENT_TYPES``: float and double everywhere, dcn_half and dcn_bfloat16 for the conv kernels) and warnings
+as errors. Skipped, with the reason shown, where nvcc is not installed. CUDA 13's nvcc no longer
 targets sm_70 (Volta): that architecture is then reported as skipped, not silently dropped.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dcn_lessons.cuda._source import KERNEL_FILES, SIGNATURES, kernel_source, kernels_dir
+from dcn_lessons.cuda._source import ELEMENT_TYPES, KERNEL_FILES, SIGNATURES, kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH: cannot compile the CUDA kernels")
@@ -49,20 +50,24 @@ def test_every_kernel_file_compiles(tmp_path):
     sources = []
     for name in KERNEL_FILES:
         kernels = _kernels_in(kernels_dir() / name)
-        inst = ", ".join(f"(void*)&{k}<{t}>" for k in kernels for t in ("float", "double"))
+        inst = ", ".join(f"(void*)&{k}<{t}>" for k in kernels for t in ELEMENT_TYPES[k])
         src = tmp_path / f"inst_{Path(name).stem}.cu"
         src.write_text(f'#include "{name}"\nvoid* dcn_instantiations[] = {{{inst}}};\n')
         sources.append(src)
     # What CuPy compiles: one string, includes inlined (no include path needed).
-    every = ", ".join(f"(void*)&{k}<{t}>" for k in SIGNATURES for t in ("float", "double"))
+    every = ", ".join(f"(void*)&{k}<{t}>" for k in SIGNATURES for t in ELEMENT_TYPES[k])
     inlined = tmp_path / "inst_inlined.cu"
     inlined.write_text(kernel_source() + f"\nvoid* dcn_instantiations[] = {{{every}}};\n")
     sources.append(inlined)
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    cmd = [NVCC, "-c", "-std=c++17", "-Werror", "all-warnings", "-I", str(kernels_dir()), *gencode,
-           "--output-directory", str(tmp_path), *map(str, sources)]
+    cmd = [NVCC, "-c", "-std=c++17", "-Werror", "all-warnings", "-Xptxas", "-v", "-I", str(kernels_dir()),
+           *gencode, "--output-directory", str(tmp_path), *map(str, sources)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"nvcc failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+    # ptxas -v reports each kernel's registers and spills: a spill (registers moved to local memory) would cost
+    # a memory round trip per use in these memory-bound kernels.
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", proc.stderr)]
+    assert spills and max(spills) == 0, "a kernel spills registers:\n" + proc.stderr[-4000:]
     for src in sources:
         obj = tmp_path / (src.stem + ".o")
         assert obj.is_file() and obj.stat().st_size > 1000, obj
@@ -71,5 +76,6 @@ def test_every_kernel_file_compiles(tmp_path):
 @pytest.mark.parametrize("arch", WANTED)
 def test_architecture_is_supported_by_this_nvcc(arch):
     if arch not in _supported():
-        pytest.skip(f"sm_{arch}: this nvcc cannot target it (CUDA 13 dropped sm_70); compiled for the others")
+        pytest.skip(f"sm_{arch}: this nvcc cannot target it (CUDA 13 dropped sm_70); test_cuda_nvrtc.py compiles "
+                    "sm_70 with NVRTC 12")
     assert arch in _supported()

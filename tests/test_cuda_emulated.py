@@ -20,6 +20,8 @@ from dcn_lessons.cuda.backend import EmulatedKernels
 from dcn_lessons.reference import deform_conv as RC
 from dcn_lessons.reference import roi as RR
 
+from cuda_cases import CONVERT_SOURCE, check_conversion, check_rounded_once, conversion_inputs
+
 T = torch.from_numpy
 
 
@@ -197,11 +199,69 @@ def test_conv_backend_checks_arguments(plain):
         plain.deform_im2col(x, torch.zeros(2, 18, 4, 5, dtype=torch.float64), None, 3, 1, 1, 1)
     with pytest.raises(TypeError, match="offset: expected dtype torch.float64"):
         plain.deform_im2col(x, torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1)
-    with pytest.raises(TypeError, match="input: expected float32 or float64"):
+    with pytest.raises(TypeError, match="input: expected one of float32, float64, float16, bfloat16, got torch.int64"):
         plain.deform_im2col(x.long(), torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1)
     with pytest.raises(ValueError, match=r"grad_columns: expected shape \[N, C\*kh\*kw, Ho\*Wo\] = \[2, 36, 25\]"):
         plain.deform_col2im(torch.zeros(2, 36, 24, dtype=torch.float64), torch.zeros(2, 18, 5, 5,
                             dtype=torch.float64), None, x.shape, 3, 1, 1, 1)
+
+
+# 16-bit storage, float32 compute: every value the kernels store is the float64 result on the same 16-bit
+# inputs rounded once (cuda_cases.check_rounded_once); grad_input is accumulated in float32 and rounded at the end.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("modulated", [True, False])
+def test_16bit_conv_kernels_round_once(plain, fast, dtype, modulated):
+    rng = np.random.default_rng(11)
+    x, off, mask, gcol, geo = _conv_case(CONV_CASES[0], np.float64, "random", rng)
+    x16, off16, gcol16 = (T(a).to(dtype) for a in (x, off, gcol))
+    m16 = T(mask).to(dtype) if modulated else None
+    up = lambda t: None if t is None else t.double().numpy()  # noqa: E731  the 16-bit inputs, exactly
+    want_cols = RC.deform_im2col(up(x16), up(off16), up(m16), *geo)
+    want_gi = RC.deform_col2im(up(gcol16), up(off16), up(m16), x.shape, *geo)
+    want_go, want_gm = RC.deform_col2im_coord(up(gcol16), up(x16), up(off16), up(m16), *geo)
+    for be in (plain, fast):
+        check_rounded_once(f"im2col {be.im2col}", be.deform_im2col(x16, off16, m16, *geo), want_cols, dtype)
+        gi, go, gm = be.deform_conv_backward_columns(gcol16, x16, off16, m16, *geo)
+        check_rounded_once(f"grad_input {be.backward}", gi, want_gi, dtype)
+        check_rounded_once(f"grad_offset {be.backward}", go, want_go, dtype)
+        if modulated:
+            check_rounded_once(f"grad_mask {be.backward}", gm, want_gm, dtype)
+        else:
+            assert gm is None
+    assert np.abs(want_go).max() > 1  # the case is not trivially small
+
+
+def _common_source() -> str:
+    from dcn_lessons.cuda._source import kernel_source
+
+    return kernel_source(("dcn_common.cuh",))
+
+
+def test_16bit_conversions_match_torch_bit_for_bit():
+    """dcn_store rounds float32 to float16/bfloat16 as torch does (nearest even: ties, subnormals, overflow to
+    inf, NaN stays NaN) and dcn_load widens exactly. The bfloat16 code is the GPU's own; float16 uses the
+    compiler's _Float16 here and the cvt instruction on the GPU (tests/test_cuda_gpu.py checks that one)."""
+    mod = emulator.compile(_common_source() + CONVERT_SOURCE, {
+        "to_half": ["const float*", "dcn_half*", "float*", "long long"],
+        "to_bfloat16": ["const float*", "dcn_bfloat16*", "float*", "long long"]})
+    x = conversion_inputs()
+    for name, dtype in (("to_half", torch.float16), ("to_bfloat16", torch.bfloat16)):
+        out = torch.empty(x.size, dtype=dtype)
+        back = np.empty_like(x)
+        mod.get_function(name)(8, 64, (x, out, back, x.size))
+        check_conversion(name, x, out, back)
+
+
+def test_emulator_checks_16bit_pointer_types():
+    mod = emulator.compile(_common_source() + CONVERT_SOURCE,
+                           {"to_half": ["const float*", "dcn_half*", "float*", "long long"]})
+    f = mod.get_function("to_half")
+    x = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"argument 1 \(dcn_half\*\): expected float16 elements, got bfloat16"):
+        f(1, 4, (x, torch.zeros(4, dtype=torch.bfloat16), x.copy(), 4))
+    f(1, 4, (x, np.zeros(4, np.float16), x.copy(), 4))  # a NumPy float16 array is fine
+    with pytest.raises(TypeError, match="unsupported parameter type 'dcn_half'"):
+        emulator.compile(_TOY, {"scale": ["const float*", "float*", "dcn_half", "int"]})
 
 
 # ------------------------------------------------------------------------------------------ RoI family
@@ -335,6 +395,23 @@ def test_kernels_for_contract(monkeypatch):
     dcuda._reset_for_tests()
 
 
+def test_set_kernel_variant_validates_and_picks_the_backend(monkeypatch):
+    monkeypatch.setattr(dcuda, "_BACKENDS", {(0, "plain", "separate"): "plain backend",
+                                             (0, "grouped", "fused"): "fast backend"})
+    monkeypatch.setattr(dcuda, "_VARIANT", {"im2col": "plain", "backward": "separate"})
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "")
+    assert dcuda.kernel_variant() == ("plain", "separate")
+    assert dcuda.kernels_for(_FakeCudaTensor()) == "plain backend"
+    dcuda.set_kernel_variant(im2col="grouped", backward="fused")
+    assert dcuda.kernel_variant() == ("grouped", "fused")
+    assert dcuda.kernels_for(_FakeCudaTensor()) == "fast backend"  # built once per variant, kept
+    with pytest.raises(ValueError, match='im2col: expected "plain" or "grouped", got \'tiled\''):
+        dcuda.set_kernel_variant(im2col="tiled")
+    with pytest.raises(ValueError, match='backward: expected "separate" or "fused"'):
+        dcuda.set_kernel_variant(backward="atomic")
+    assert dcuda.kernel_variant() == ("grouped", "fused")  # a refused call changes nothing
+
+
 def test_kernels_dir_env_override(monkeypatch, tmp_path):
     from dcn_lessons.cuda import _source
 
@@ -384,12 +461,58 @@ def test_torch_ops_run_end_to_end_on_the_emulated_kernels(monkeypatch, variant):
         calls.append(t.shape)
         return emu
 
-    fused_calls = []
-    real_fused = emu.deform_col2im_fused
+    fused_calls, roi_calls = [], []
+    real_fused, real_roi = emu.deform_col2im_fused, emu.roi_backward
     monkeypatch.setattr(emu, "deform_col2im_fused", lambda *a: fused_calls.append(1) or real_fused(*a))
+    monkeypatch.setattr(emu, "roi_backward", lambda *a: roi_calls.append(a[0]) or real_roi(*a))
     monkeypatch.setattr(dcuda, "kernels_for", fake_kernels_for)
     got = run()
     assert calls, "the operators never asked kernels_for: nothing was tested"
     assert bool(fused_calls) == (variant[1] == "fused"), "the autograd Function did not use the chosen backward"
+    assert sorted(roi_calls) == ["deform_roi_pool", "ps_roi_align"], "the RoI ops did not run on the kernels"
     for i, (a, e) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=f"result {i}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_tensors_take_the_conv_kernels_and_the_roi_tensor_path(monkeypatch, dtype):
+    """A float16/bfloat16 "CUDA" tensor (a CPU tensor, kernels_for patched as above): deform_conv2d runs on the
+    16-bit kernels and agrees with float64 to 16-bit precision; the RoI ops, which have no 16-bit kernels, run
+    on the tensor path instead of failing."""
+    from dcn_lessons.ops import deform_conv as ops_conv
+    from dcn_lessons.ops import roi as ops_roi
+
+    monkeypatch.setenv("DCN_LESSONS_CPU_FAST", "0")
+    emu = dcuda.emulated_kernels()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 5, 6, generator=g).to(dtype)
+    off = torch.randn(2, 2 * 9, 5, 6, generator=g).to(dtype)
+    mask = torch.rand(2, 9, 5, 6, generator=g).to(dtype)
+    w = (torch.randn(3, 4, 3, 3, generator=g) / 6).to(dtype)
+    feat = torch.randn(1, 8, 6, 7, generator=g).to(dtype)
+    rois = torch.tensor([[0, 0.5, 1.0, 9.0, 8.0]]).to(dtype)
+
+    def grads(tensors):
+        leaves = [t.detach().clone().requires_grad_() for t in tensors]
+        y = ops_conv.deform_conv2d(leaves[0], leaves[1], leaves[3], None, padding=1, mask=leaves[2])
+        y.float().square().sum().backward()
+        return [y.detach()] + [t.grad for t in leaves]
+
+    want = grads([t.double() for t in (x, off, mask, w)])
+    used = []
+    real = emu.deform_im2col
+    monkeypatch.setattr(emu, "deform_im2col", lambda *a: used.append(a[0].dtype) or real(*a))
+    monkeypatch.setattr(dcuda, "kernels_for", lambda t: emu)
+    got = grads([x, off, mask, w])
+    assert used and set(used) == {dtype}, "deform_conv2d did not run on the 16-bit kernels"
+    tol = 2e-2 if dtype == torch.float16 else 8e-2
+    for name, a, e in zip(("out", "input", "offset", "mask", "weight"), got, want):
+        assert a.dtype == dtype, name
+        scale = e.abs().max().item()
+        assert (a.double() - e).abs().max().item() <= tol * scale, f"{name} differs beyond 16-bit precision"
+    want_roi = ops_roi.roi_align(feat.double(), rois.double(), 2, spatial_scale=0.5, sampling_ratio=2)
+    roi_used = []
+    monkeypatch.setattr(emu, "roi_forward", lambda *a: roi_used.append(1))
+    out = ops_roi.roi_align(feat, rois, 2, spatial_scale=0.5, sampling_ratio=2)
+    assert out.dtype == dtype and not roi_used, "a 16-bit RoI input was sent to the float-only RoI kernels"
+    torch.testing.assert_close(out.double(), want_roi, rtol=2e-2, atol=2e-2)

@@ -24,6 +24,8 @@ from dcn_lessons.ops import roi as ops_roi  # noqa: E402
 from dcn_lessons.reference import deform_conv as RC  # noqa: E402
 from dcn_lessons.reference import roi as RR  # noqa: E402
 
+from cuda_cases import CONVERT_SOURCE, check_conversion, check_rounded_once, conversion_inputs  # noqa: E402
+
 try:
     import torchvision.ops as tvops
 except Exception:  # noqa: BLE001
@@ -83,6 +85,68 @@ def test_conv_kernels_match_reference_and_tensor_path(backends, dtype, modulated
             np.testing.assert_allclose(gm2.cpu().numpy(), gm, **tol)
         else:
             assert gm2 is None
+
+
+def test_16bit_conversions_on_the_gpu_match_torch():
+    """The GPU's cvt.rn.f16.f32 / cvt.f32.f16 path of dcn_store/dcn_load (the emulator checks _Float16's) and the
+    bfloat16 integer rounding, compiled by CuPy's NVRTC: bit for bit what torch does."""
+    import cupy
+
+    from dcn_lessons.cuda._source import kernel_source
+
+    mod = cupy.RawModule(code=kernel_source(("dcn_common.cuh",)) + 'extern "C" {' + CONVERT_SOURCE + "}",
+                         options=("--std=c++17",))
+    x = torch.from_numpy(conversion_inputs()).to(DEV)
+    for name, dtype in (("to_half", torch.float16), ("to_bfloat16", torch.bfloat16)):
+        out = torch.empty(x.numel(), dtype=dtype, device=DEV)
+        back = torch.empty_like(x)
+        mod.get_function(name)((64,), (256,), (cupy.from_dlpack(x), cupy.from_dlpack(out.view(torch.int16)),
+                                               cupy.from_dlpack(back), np.int64(x.numel())))
+        torch.cuda.synchronize()
+        check_conversion(name, x.cpu().numpy(), out.cpu(), back.cpu().numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_conv_kernels_round_once(backends, dtype):
+    rng = np.random.default_rng(2)
+    N, C, H, W, G, geo = 2, 6, 7, 8, 3, ((3, 3), (1, 1), (1, 1), (1, 1))
+    x16 = torch.from_numpy(rng.standard_normal((N, C, H, W))).to(DEV, dtype)
+    off16 = torch.from_numpy(rng.standard_normal((N, 2 * G * 9, H, W)) * 2).to(DEV, dtype)
+    m16 = torch.from_numpy(rng.random((N, G * 9, H, W))).to(DEV, dtype)
+    g16 = torch.from_numpy(rng.standard_normal((N, C * 9, H * W))).to(DEV, dtype)
+    up = lambda t: t.double().cpu().numpy()  # noqa: E731  the 16-bit values, exactly
+    want_cols = RC.deform_im2col(up(x16), up(off16), up(m16), *geo)
+    want_gi = RC.deform_col2im(up(g16), up(off16), up(m16), x16.shape, *geo)
+    want_go, want_gm = RC.deform_col2im_coord(up(g16), up(x16), up(off16), up(m16), *geo)
+    for be in backends:
+        check_rounded_once(f"im2col {be.im2col}", be.deform_im2col(x16, off16, m16, *geo), want_cols, dtype)
+        gi, go, gm = be.deform_conv_backward_columns(g16, x16, off16, m16, *geo)
+        for name, got, want in (("grad_input", gi, want_gi), ("grad_offset", go, want_go),
+                                ("grad_mask", gm, want_gm)):
+            check_rounded_once(f"{name} {be.backward}", got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", [("plain", "separate"), ("grouped", "fused")])
+def test_16bit_deform_conv2d_runs_on_the_kernels(monkeypatch, dtype, variant):
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "cuda")
+    monkeypatch.setattr(dcuda, "_VARIANT", dict(zip(("im2col", "backward"), variant)))
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x, off = torch.randn(2, 8, 12, 13, generator=g), torch.randn(2, 18, 12, 13, generator=g)
+    w = torch.randn(4, 8, 3, 3, generator=g) / 8
+    mask = torch.rand(2, 9, 12, 13, generator=g)
+    assert ops_conv.active_backend(x.to(DEV, dtype)) == "CupyKernels"
+
+    def run(dt):
+        leaves = [t.to(DEV, dt).requires_grad_() for t in (x, off, w, mask)]
+        y = ops_conv.deform_conv2d(leaves[0], leaves[1], leaves[2], None, padding=1, mask=leaves[3])
+        y.float().square().sum().backward()
+        return [y.detach()] + [t.grad for t in leaves]
+
+    tol = 2e-2 if dtype == torch.float16 else 8e-2
+    for name, a, e in zip(("out", "input", "offset", "weight", "mask"), run(dtype), run(torch.float64)):
+        assert a.dtype == dtype, name
+        assert (a.double() - e).abs().max().item() <= tol * e.abs().max().item(), name
 
 
 KINDS = ["roi_align", "deform_roi_pool", "modulated", "ps_roi_align", "deform_ps_roi_pool"]

@@ -327,6 +327,24 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(T.roi_pool(xt, rois_nc, 2), T.roi_pool(base, rois, 2), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_inputs_run_and_agree_with_float64(dtype):
+    """float16/bfloat16 (mixed-precision training) run on the tensor path, boxes validated in that dtype too
+    (bfloat16 has no NumPy twin), and agree with float64 on the same rounded values to 16-bit precision."""
+    x, rois, off, mask = safe_case(21, c=3)
+    x16, rois16, off16, mask16 = (t.detach().to(dtype) for t in (x, rois, off, mask))
+    leaves = [t.clone().requires_grad_() for t in (x16, off16, mask16)]
+    y = T.modulated_deform_roi_pool(leaves[0], rois16, leaves[1], leaves[2], 2, 0.5, 2)
+    y.float().square().sum().backward()
+    ref = [t.double().requires_grad_() for t in (x16, off16, mask16)]
+    want = T.modulated_deform_roi_pool(ref[0], rois16.double(), ref[1], ref[2], 2, 0.5, 2)
+    want.square().sum().backward()
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    for name, got, exp in [("out", y, want)] + [(n, a.grad, b.grad) for n, a, b in zip("xom", leaves, ref)]:
+        assert got.dtype == dtype, name
+        assert (got.double() - exp.detach()).abs().max() <= tol * exp.abs().max(), name
+
+
 def test_chunked_tensor_path_equals_single_chunk(monkeypatch):
     x, rois, off, mask = safe_case(10, k=6)
     go = torch.randn(6, 2, 2, 2, dtype=F64)

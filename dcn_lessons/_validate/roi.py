@@ -41,9 +41,12 @@ def _fmt(shape: Sequence[int]) -> str:
 
 
 def _host_values(a: Any) -> np.ndarray:
-    """The values of ``a`` as a NumPy array (torch tensors are detached and copied to the host)."""
+    """The values of ``a`` as a NumPy array (torch tensors are detached and copied to the host; bfloat16, which
+    NumPy lacks, is widened to float32 exactly)."""
     if hasattr(a, "detach"):
         a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()
     return np.asarray(a)
 
 

@@ -6,7 +6,8 @@ Contract used by :mod:`dcn_lessons.ops` (the PyTorch tier):
 ``DCN_LESSONS_BACKEND=torch`` forces the tensor path; for a CUDA tensor it returns an object
 whose methods are the CUDA versions of the tensor path's primitives (see ``backend.py``), or
 ``None`` with a one-time warning when CuPy cannot be used (``DCN_LESSONS_BACKEND=cuda`` makes
-that an error instead).
+that an error instead). Which kernels it uses: :func:`set_kernel_variant` (the plain im2col and the separate
+backward kernels by default; "grouped"/"fused" are the variants that share work across channels).
 
 The backend methods (same arguments and results as the tensor path; :class:`~.backend.KernelBackend`):
 ``deform_im2col``, ``deform_col2im``, ``deform_col2im_coord`` (plus ``deform_col2im_fused``), ``roi_forward``
@@ -22,12 +23,14 @@ from typing import Any, Optional
 
 from ._source import kernels_dir
 
-__all__ = ["kernels_for", "emulated_kernels", "backend_mode", "kernels_dir", "CudaBackendUnavailable"]
+__all__ = ["kernels_for", "emulated_kernels", "backend_mode", "kernels_dir", "CudaBackendUnavailable",
+           "set_kernel_variant", "kernel_variant"]
 
 _LOCK = threading.Lock()
-_BACKENDS: dict[int, Any] = {}  # device index -> CupyKernels, or the exception that stopped it
+_BACKENDS: dict[tuple[int, str, str], Any] = {}  # (device, im2col, backward) -> CupyKernels, or what stopped it
 _EMULATED: dict[tuple[str, str], Any] = {}
 _WARNED: set[str] = set()
+_VARIANT = {"im2col": "plain", "backward": "separate"}
 
 
 class CudaBackendUnavailable(RuntimeError):
@@ -41,6 +44,27 @@ def backend_mode() -> str:
     if mode not in ("auto", "torch", "cuda"):
         raise ValueError(f"environment variable DCN_LESSONS_BACKEND={raw!r}: expected auto, torch or cuda")
     return mode
+
+
+def set_kernel_variant(im2col: str = "plain", backward: str = "separate") -> None:
+    """Choose the kernels :func:`kernels_for` hands out from now on (built once per device and variant, so
+    switching back and forth costs nothing after the first call).
+
+    ``im2col``: "plain" (one thread per (n, c, y, x)) or "grouped" (one per (n, g, k, y, x), the position
+    reused across the group's channels). ``backward``: "separate" (col2im, then the coordinate kernel) or "fused"
+    (one pass). All four give the same results; ``benchmarks/bench_cuda.py`` measures which is faster.
+    """
+    if im2col not in ("plain", "grouped"):
+        raise ValueError(f'im2col: expected "plain" or "grouped", got {im2col!r}')
+    if backward not in ("separate", "fused"):
+        raise ValueError(f'backward: expected "separate" or "fused", got {backward!r}')
+    with _LOCK:
+        _VARIANT.update(im2col=im2col, backward=backward)
+
+
+def kernel_variant() -> tuple[str, str]:
+    """The ``(im2col, backward)`` variant :func:`kernels_for` uses (see :func:`set_kernel_variant`)."""
+    return _VARIANT["im2col"], _VARIANT["backward"]
 
 
 def _device_index(tensor: Any) -> int:
@@ -66,22 +90,23 @@ def kernels_for(tensor: Any) -> Optional[Any]:
     if mode == "torch":
         return None
     index = _device_index(tensor)
+    key = (index, _VARIANT["im2col"], _VARIANT["backward"])
     with _LOCK:
-        if index not in _BACKENDS:
+        if key not in _BACKENDS:
             try:
                 from .backend import CupyKernels
 
-                _BACKENDS[index] = CupyKernels(f"cuda:{index}")
+                _BACKENDS[key] = CupyKernels(f"cuda:{index}", im2col=key[1], backward=key[2])
             except ImportError as exc:
-                _BACKENDS[index] = CudaBackendUnavailable(
+                _BACKENDS[key] = CudaBackendUnavailable(
                     f"CuPy is not installed or does not import ({exc}); install the extra "
                     "dcn_lessons[cuda12] or dcn_lessons[cuda13] to use the CUDA kernels"
                 )
             except Exception as exc:  # compile errors, missing kernels/, driver problems
-                _BACKENDS[index] = CudaBackendUnavailable(
+                _BACKENDS[key] = CudaBackendUnavailable(
                     f"the CUDA kernels could not be built for cuda:{index}: {type(exc).__name__}: {exc}"
                 )
-        found = _BACKENDS[index]
+        found = _BACKENDS[key]
     if isinstance(found, CudaBackendUnavailable):
         if mode == "cuda":
             raise CudaBackendUnavailable(f"DCN_LESSONS_BACKEND=cuda but {found}") from found

@@ -6,8 +6,10 @@ the local ``#include "..."`` files once each, so one string holds everything: Cu
 the source text) and the emulator's cache (a hash of the text) both notice any edit of any file.
 
 :data:`SIGNATURES` is the single description of every kernel's parameters. ``T`` stands for the template's
-element type (float or double). The CuPy glue uses it to convert scalars to the exact C type (CuPy would
-otherwise pass a Python float as a double), the emulator to generate its launchers.
+element type, ``A`` for the type it computes in (``DcnAcc<T>::type``: T itself for float and double, float for
+the 16-bit ``dcn_half`` and ``dcn_bfloat16``). :data:`ELEMENT_TYPES` says which element types each kernel is
+instantiated for. The CuPy glue uses the table to convert scalars to the exact C type (CuPy would otherwise
+pass a Python float as a double), the emulator to generate its launchers.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["kernels_dir", "kernel_source", "SIGNATURES", "KERNEL_FILES", "name_expression", "c_type"]
+__all__ = ["kernels_dir", "kernel_source", "SIGNATURES", "ELEMENT_TYPES", "KERNEL_FILES", "name_expression",
+           "c_type", "ACCUMULATE"]
 
 #: The kernel files the backend loads, in order.
 KERNEL_FILES: tuple[str, ...] = ("deform_conv.cu", "roi_pool.cu")
@@ -23,14 +26,15 @@ KERNEL_FILES: tuple[str, ...] = ("deform_conv.cu", "roi_pool.cu")
 _CONV = ["int64"] * 14  # C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, G
 _ROI = ["int64"] * 6 + ["T", "int64", "T", "int32"]  # C_in, H, W, C_out, ph, pw, scale, ratio, gamma, ps
 
-#: kernel template name -> parameter types ("T*" pointer, "T" scalar of the element type, "int32", "int64").
+#: kernel template name -> parameter types ("T*" pointer, "T" scalar of the element type, "A*" pointer to the
+#: compute type, "int32", "int64").
 SIGNATURES: dict[str, list[str]] = {
     "deform_im2col_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "T*"] + _CONV,
     "deform_im2col_grouped_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "T*"] + _CONV,
-    "deform_col2im_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "T*"] + _CONV,
+    "deform_col2im_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "A*"] + _CONV,
     "deform_col2im_coord_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "T*", "T*",
                                    "int32"] + _CONV,
-    "deform_col2im_fused_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "T*", "T*",
+    "deform_col2im_fused_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "A*", "T*",
                                    "T*", "int32"] + _CONV,
     "roi_pool_forward_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "const T*", "int32", "T*"]
     + _ROI,
@@ -38,13 +42,24 @@ SIGNATURES: dict[str, list[str]] = {
                                  "int32", "T*", "T*", "int32", "T*", "int32"] + _ROI,
 }
 
+#: The element types of the conv kernels (16-bit ones stored as such, computed in float32) and of the RoI
+#: kernels (float and double only: torchvision's RoI ops also run in float32 under autocast).
+_CONV_ELEMENTS = ("float", "double", "dcn_half", "dcn_bfloat16")
+_ROI_ELEMENTS = ("float", "double")
+#: kernel -> the element types it is instantiated for.
+ELEMENT_TYPES: dict[str, tuple[str, ...]] = {
+    k: (_ROI_ELEMENTS if k.startswith("roi_") else _CONV_ELEMENTS) for k in SIGNATURES
+}
+#: element type -> the type its kernels compute and accumulate in (DcnAcc<T>::type of dcn_common.cuh).
+ACCUMULATE: dict[str, str] = {"float": "float", "double": "double", "dcn_half": "float", "dcn_bfloat16": "float"}
+
 _C_TYPES = {"int32": "int", "int64": "long long"}
 
 
 def c_type(spec: str, element: str) -> str:
-    """The C type of a :data:`SIGNATURES` entry for element type ``element`` ("float" or "double")."""
+    """The C type of a :data:`SIGNATURES` entry for element type ``element`` (a key of :data:`ACCUMULATE`)."""
     base = spec.replace("const ", "").rstrip("*").strip()
-    ctype = element if base == "T" else _C_TYPES[base]
+    ctype = element if base == "T" else ACCUMULATE[element] if base == "A" else _C_TYPES[base]
     return ("const " if spec.startswith("const ") else "") + ctype + ("*" if spec.endswith("*") else "")
 
 

@@ -27,9 +27,9 @@ import torch
 from dcn_lessons._validate import roi as _roi
 from dcn_lessons._validate.conv import SamplingGeometry, check_sampling_args
 
-from ._source import SIGNATURES, kernel_source, name_expression
+from ._source import ELEMENT_TYPES, SIGNATURES, kernel_source, name_expression
 
-__all__ = ["KernelBackend", "CupyKernels", "EmulatedKernels", "ROI_KINDS"]
+__all__ = ["KernelBackend", "CupyKernels", "EmulatedKernels", "ROI_KINDS", "CONV_DTYPES", "ROI_DTYPES"]
 
 #: The RoI kinds the backends accept, and whether each is (deformable, position-sensitive).
 ROI_KINDS: dict[str, tuple[bool, bool]] = {
@@ -39,7 +39,14 @@ ROI_KINDS: dict[str, tuple[bool, bool]] = {
     "deform_ps_roi_pool": (True, True),
 }
 
-_ELEMENT = {torch.float32: "float", torch.float64: "double"}
+#: torch dtype -> the kernels' element type (kernels/dcn_common.cuh).
+_ELEMENT = {torch.float32: "float", torch.float64: "double", torch.float16: "dcn_half",
+            torch.bfloat16: "dcn_bfloat16"}
+#: The options CuPy's NVRTC compiles kernels/ with (the NVRTC test compiles with the same).
+NVRTC_OPTIONS = ("--std=c++17",)
+#: The dtypes each family of kernels takes (the RoI kernels have no 16-bit instantiation).
+CONV_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+ROI_DTYPES = (torch.float32, torch.float64)
 IntPair = Any
 
 
@@ -58,6 +65,8 @@ class KernelBackend:
     """
 
     device_type = "cuda"
+    conv_dtypes = CONV_DTYPES  # what the deformable-conv methods take
+    roi_dtypes = ROI_DTYPES    # what roi_forward / roi_backward take
 
     def __init__(self, im2col: str = "plain", backward: str = "separate") -> None:
         if im2col not in ("plain", "grouped"):
@@ -78,13 +87,15 @@ class KernelBackend:
                 raise RuntimeError(f"{kernel}: signature has {len(sig)} parameters, call passes {len(args) + 1}")
             self._launch(kernel, dtype, n, (n, *args))
 
-    def _tensor(self, name: str, t: Any, dtype: Optional[torch.dtype] = None, device: Any = None) -> torch.Tensor:
+    def _tensor(self, name: str, t: Any, dtype: Optional[torch.dtype] = None, device: Any = None,
+                allowed: Sequence[torch.dtype] = CONV_DTYPES) -> torch.Tensor:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.device.type != self.device_type:
             raise TypeError(f"{name}: expected a {self.device_type} tensor for this backend, got device {t.device}")
-        if t.dtype not in _ELEMENT:
-            raise TypeError(f"{name}: expected float32 or float64, got {t.dtype}")
+        if t.dtype not in allowed:
+            names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+            raise TypeError(f"{name}: expected one of {names}, got {t.dtype}")
         if dtype is not None and t.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype} (that of input), got {t.dtype}")
         if device is not None and t.device != device:
@@ -135,10 +146,10 @@ class KernelBackend:
         geo, gcol, offset, mask = self._conv_inputs("grad_columns", grad_columns, input_shape, offset, mask,
                                                     kernel_size, stride, padding, dilation)
         self._columns_shape_check(gcol, geo)
-        grad_input = torch.zeros((geo.N, geo.C, geo.H, geo.W), dtype=gcol.dtype, device=gcol.device)
+        grad_input = _accumulator((geo.N, geo.C, geo.H, geo.W), gcol)
         self._run("deform_col2im_kernel", gcol.dtype, geo.N * geo.C * geo.K * geo.Ho * geo.Wo, gcol, offset,
                   offset if mask is None else mask, int(mask is not None), grad_input, *_conv_scalars(geo))
-        return grad_input
+        return grad_input.to(gcol.dtype)
 
     def deform_col2im_coord(self, grad_columns: torch.Tensor, input: torch.Tensor, offset: torch.Tensor,
                             mask: Optional[torch.Tensor], kernel_size: IntPair, stride: IntPair, padding: IntPair,
@@ -166,13 +177,13 @@ class KernelBackend:
                                                  kernel_size, stride, padding, dilation)
         gcol = self._tensor("grad_columns", grad_columns, x.dtype, x.device)
         self._columns_shape_check(gcol, geo)
-        grad_input = torch.zeros_like(x)
+        grad_input = _accumulator(tuple(x.shape), x)
         grad_offset = torch.empty_like(offset)
         grad_mask = None if mask is None else torch.empty_like(mask)
         self._run("deform_col2im_fused_kernel", x.dtype, geo.N * geo.offset_groups * geo.K * geo.Ho * geo.Wo,
                   gcol, x, offset, offset if mask is None else mask, int(mask is not None), grad_input, grad_offset,
                   grad_offset if grad_mask is None else grad_mask, int(grad_mask is not None), *_conv_scalars(geo))
-        return grad_input, grad_offset, grad_mask
+        return grad_input.to(x.dtype), grad_offset, grad_mask
 
     def deform_conv_backward_columns(self, grad_columns: torch.Tensor, input: torch.Tensor, offset: torch.Tensor,
                                      mask: Optional[torch.Tensor], kernel_size: IntPair, stride: IntPair,
@@ -195,7 +206,7 @@ class KernelBackend:
         if kind not in ROI_KINDS:
             raise ValueError(f"kind: expected one of {sorted(ROI_KINDS)}, got {kind!r}")
         deformable, ps = ROI_KINDS[kind]
-        x = self._tensor("input", input)
+        x = self._tensor("input", input, allowed=ROI_DTYPES)
         n, c_in, h, w = _roi.check_feature_map(x)
         size = _roi.normalize_output_size(output_size)
         scale = _roi.check_spatial_scale(spatial_scale)
@@ -260,8 +271,15 @@ class KernelBackend:
         return grad_input, grad_offset, grad_mask
 
 
-def _all_name_expressions() -> list[str]:
-    return [name_expression(k, e) for k in SIGNATURES for e in ("float", "double")]
+def _accumulator(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Zeros for an atomicAdd target: in the kernels' compute type (float32 for float16/bfloat16 tensors)."""
+    dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+    return torch.zeros(tuple(shape), dtype=dtype, device=like.device)
+
+
+def all_name_expressions() -> list[str]:
+    """Every kernel instantiation CuPy compiles, e.g. ``deform_im2col_kernel<dcn_half>``."""
+    return [name_expression(k, e) for k in SIGNATURES for e in ELEMENT_TYPES[k]]
 
 
 class EmulatedKernels(KernelBackend):
@@ -281,7 +299,7 @@ class EmulatedKernels(KernelBackend):
 
         self.threads, self.max_blocks = int(threads), int(max_blocks)
         kernels = {name_expression(k, e): [_c(s, e) for s in SIGNATURES[k]]
-                   for k in SIGNATURES for e in ("float", "double")}
+                   for k in SIGNATURES for e in ELEMENT_TYPES[k]}
         self.module = emulator.compile(kernel_source(), kernels)
 
     def _launch(self, kernel: str, dtype: torch.dtype, n: int, args: Sequence[Any]) -> None:
@@ -322,10 +340,10 @@ class CupyKernels(KernelBackend):
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self.device = torch.device("cuda", index)
         with cupy.cuda.Device(index):
-            self.module = cupy.RawModule(code=kernel_source(), options=("--std=c++17",),
-                                         name_expressions=_all_name_expressions())
+            self.module = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS,
+                                         name_expressions=all_name_expressions())
             self.module.compile()
-            self._functions = {e: self.module.get_function(e) for e in _all_name_expressions()}
+            self._functions = {e: self.module.get_function(e) for e in all_name_expressions()}
         import numpy as np
 
         self._np_scalar = {"int32": np.int32, "int64": np.int64}
@@ -345,6 +363,9 @@ class CupyKernels(KernelBackend):
                     if spec.endswith("*"):
                         if a.device != self.device:
                             raise ValueError(f"{kernel}: tensor on {a.device}, backend for {self.device}")
+                        # The kernel sees only the pointer; 16-bit floats travel as int16 (CuPy has no bfloat16).
+                        if a.dtype in (torch.float16, torch.bfloat16):
+                            a = a.view(torch.int16)
                         converted.append(cupy.from_dlpack(a))
                     elif spec == "T":
                         converted.append(self._np_float[dtype](a))

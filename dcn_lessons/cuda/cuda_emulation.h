@@ -10,6 +10,10 @@
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
+#include <cstring>
+
+// Kernel sources test this to pick the emulator's versions of GPU-only code (kernels/dcn_common.cuh).
+#define DCN_CUDA_EMULATOR 1
 
 struct dim3 {
   unsigned int x, y, z;
@@ -52,3 +56,10 @@ inline T atomicAdd(T* address, T value) {
 
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+
+// The bit casts of the CUDA math API, and IEEE binary16 through the compiler's _Float16 (GCC >= 12, Clang):
+// the GPU's cvt.rn.f16.f32 rounds to nearest even, and so does the conversion to _Float16.
+inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, sizeof f); return f; }
+inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, sizeof u); return u; }
+inline _Float16 dcn_emulator_bits_to_f16(unsigned short b) { _Float16 h; std::memcpy(&h, &b, sizeof h); return h; }
+inline unsigned short dcn_emulator_f16_to_bits(_Float16 h) { unsigned short b; std::memcpy(&b, &h, sizeof b); return b; }

@@ -18,8 +18,9 @@ A kernel is launched like a CuPy ``RawKernel``: ``kernel(grid, block, args)``. E
     mod = compile(source, kernels={"scale": ["const float*", "float*", "float", "int"]})
     mod.get_function("scale")((4,), (32,), (x, y, np.float32(2.0), np.int32(x.size)))
 
-Arrays are NumPy arrays or CPU torch tensors (C-contiguous; their dtype must match the pointer type);
-scalars are converted to the declared type.
+Arrays are NumPy arrays or CPU torch tensors (C-contiguous; their dtype must match the pointer type: a
+``dcn_half*`` takes float16, a ``dcn_bfloat16*`` a torch bfloat16 tensor); scalars are converted to the
+declared type.
 """
 from __future__ import annotations
 
@@ -43,25 +44,31 @@ FLAGS: tuple[str, ...] = ("-O2", "-std=c++17", "-shared", "-fPIC", "-x", "c++")
 
 _HEADER = Path(__file__).with_name("cuda_emulation.h")
 
-# C type (after removing const/__restrict__) -> (ctypes type, numpy dtype or None)
-_SCALARS: dict[str, tuple[Any, Any]] = {
-    "float": (ctypes.c_float, np.float32),
-    "double": (ctypes.c_double, np.float64),
-    "int": (ctypes.c_int32, np.int32),
-    "int32_t": (ctypes.c_int32, np.int32),
-    "unsigned": (ctypes.c_uint32, np.uint32),
-    "unsigned int": (ctypes.c_uint32, np.uint32),
-    "uint32_t": (ctypes.c_uint32, np.uint32),
-    "long long": (ctypes.c_int64, np.int64),
-    "int64_t": (ctypes.c_int64, np.int64),
-    "long": (ctypes.c_int64, np.int64),
-    "size_t": (ctypes.c_uint64, np.uint64),
-    "unsigned long long": (ctypes.c_uint64, np.uint64),
-    "uint64_t": (ctypes.c_uint64, np.uint64),
-    "bool": (ctypes.c_bool, np.bool_),
-    "char": (ctypes.c_char, np.int8),
-    "unsigned char": (ctypes.c_ubyte, np.uint8),
-    "uint8_t": (ctypes.c_ubyte, np.uint8),
+# C type (after removing const/__restrict__) -> (ctypes type, element dtype name as NumPy/torch spell it)
+_SCALARS: dict[str, tuple[Any, str]] = {
+    "float": (ctypes.c_float, "float32"),
+    "double": (ctypes.c_double, "float64"),
+    "int": (ctypes.c_int32, "int32"),
+    "int32_t": (ctypes.c_int32, "int32"),
+    "unsigned": (ctypes.c_uint32, "uint32"),
+    "unsigned int": (ctypes.c_uint32, "uint32"),
+    "uint32_t": (ctypes.c_uint32, "uint32"),
+    "long long": (ctypes.c_int64, "int64"),
+    "int64_t": (ctypes.c_int64, "int64"),
+    "long": (ctypes.c_int64, "int64"),
+    "size_t": (ctypes.c_uint64, "uint64"),
+    "unsigned long long": (ctypes.c_uint64, "uint64"),
+    "uint64_t": (ctypes.c_uint64, "uint64"),
+    "bool": (ctypes.c_bool, "bool"),
+    "char": (ctypes.c_char, "int8"),
+    "unsigned char": (ctypes.c_ubyte, "uint8"),
+    "uint8_t": (ctypes.c_ubyte, "uint8"),
+}
+# The course's 16-bit element types (kernels/dcn_common.cuh): pointers only. bfloat16 arrays are torch tensors
+# (NumPy has no bfloat16).
+_POINTER_ONLY: dict[str, tuple[Any, str]] = {
+    "dcn_half": (ctypes.c_uint16, "float16"),
+    "dcn_bfloat16": (ctypes.c_uint16, "bfloat16"),
 }
 
 
@@ -86,13 +93,15 @@ class _Param:
         base = text.rstrip("*").strip()
         base = re.sub(r"^const\s+", "", base)
         base = re.sub(r"\s+const$", "", base).strip()
-        if base not in _SCALARS or text.count("*") > 1:
+        known = base in _SCALARS or (base in _POINTER_ONLY and self.pointer)
+        if not known or text.count("*") > 1:
             raise TypeError(
                 f"kernels[{kernel!r}][{position}]: unsupported parameter type {spelling!r}; expected one of "
-                f"{sorted(_SCALARS)} optionally const and/or followed by a single '*'"
+                f"{sorted(_SCALARS)} optionally const and/or followed by a single '*', or a pointer to one of "
+                f"{sorted(_POINTER_ONLY)}"
             )
         self.base = base
-        self.ctype, self.dtype = _SCALARS[base]
+        self.ctype, self.dtype = _SCALARS[base] if base in _SCALARS else _POINTER_ONLY[base]
 
     def convert(self, kernel: str, position: int, value: Any) -> Any:
         """The ctypes value passed for ``value``; TypeError naming the argument when it does not fit."""
@@ -105,24 +114,25 @@ class _Param:
                     raise TypeError(f"{where}: the emulator runs on the CPU; got a CUDA tensor")
                 if not value.is_contiguous():
                     raise TypeError(f"{where}: expected a contiguous tensor (call .contiguous())")
-                dtype = np.dtype(str(value.dtype).replace("torch.", ""))
+                dtype = str(value.dtype).replace("torch.", "")
                 ptr = value.data_ptr()
             elif isinstance(value, np.ndarray):
                 if not value.flags["C_CONTIGUOUS"]:
                     raise TypeError(f"{where}: expected a C-contiguous array (np.ascontiguousarray)")
                 if not self.spelling.startswith("const") and not value.flags["WRITEABLE"]:
                     raise TypeError(f"{where}: the kernel may write here, but the array is read-only")
-                dtype, ptr = value.dtype, value.ctypes.data
+                dtype, ptr = value.dtype.name, value.ctypes.data
             else:
                 raise TypeError(f"{where}: expected a NumPy array or a CPU torch tensor, got {type(value).__name__}")
-            if np.dtype(dtype) != np.dtype(self.dtype):
-                raise TypeError(f"{where}: expected {np.dtype(self.dtype).name} elements, got {np.dtype(dtype).name}")
+            if dtype != self.dtype:
+                raise TypeError(f"{where}: expected {self.dtype} elements, got {dtype}")
             return ctypes.c_void_p(ptr)
         if isinstance(value, (np.ndarray,)) and value.ndim > 0 or hasattr(value, "data_ptr"):
             raise TypeError(f"{where}: expected a scalar, got an array")
-        if np.issubdtype(np.dtype(self.dtype), np.integer) and isinstance(value, (float, np.floating)):
+        scalar = np.dtype(self.dtype).type
+        if np.issubdtype(scalar, np.integer) and isinstance(value, (float, np.floating)):
             raise TypeError(f"{where}: expected an integer, got {value!r}")
-        return self.ctype(self.dtype(value).item() if self.dtype is not np.bool_ else bool(value))
+        return self.ctype(scalar(value).item() if scalar is not np.bool_ else bool(value))
 
 
 def _as_dim3(name: str, value: Any) -> tuple[int, int, int]:

@@ -416,15 +416,12 @@ def cpu_fast_path_available() -> bool:
 
 
 def _kernels(input: Tensor) -> Any:
-    """The primitives of the columns path for this call: the CUDA kernels or the tensor path."""
+    """The primitives of the columns path for this call: the CUDA kernels (float32/64, float16 and bfloat16
+    CUDA tensors, see ``kernels/dcn_common.cuh``) or the tensor path."""
     import dcn_lessons.cuda as _cuda
 
-    kernels_for = getattr(_cuda, "kernels_for", None)
-    if kernels_for is not None:
-        k = kernels_for(input)
-        if k is not None:
-            return k
-    return _TENSOR_PATH
+    k = _cuda.kernels_for(input)
+    return k if k is not None and input.dtype in getattr(k, "conv_dtypes", ()) else _TENSOR_PATH
 
 
 def _implementation(input: Tensor) -> Any:

@@ -146,15 +146,12 @@ def _prepare(
 
 
 def _kernels(input: Tensor) -> Any:
-    """The CUDA backend for ``input`` or None (tensor path); tolerant of an unfinished cuda tier."""
-    if input.device.type != "cuda":
-        return None
-    try:
-        from dcn_lessons import cuda as _cuda
-    except ImportError:  # pragma: no cover
-        return None
-    kernels_for = getattr(_cuda, "kernels_for", None)
-    return None if kernels_for is None else kernels_for(input)
+    """The CUDA backend for ``input`` or None (tensor path). The RoI kernels are float32/float64 only: a
+    float16/bfloat16 input runs on the tensor path (as torchvision's RoI ops run in float32 under autocast)."""
+    from dcn_lessons import cuda as _cuda
+
+    k = _cuda.kernels_for(input)
+    return k if k is not None and input.dtype in getattr(k, "roi_dtypes", ()) else None
 
 
 # ----------------------------------------------------------------------------------------------
