@@ -3,15 +3,17 @@
 Run on a machine with a GPU and CuPy (``pip install -e .[cuda12]`` or ``[cuda13]``)::
 
     python benchmarks/bench_cuda.py            # float32, all shapes
-    python benchmarks/bench_cuda.py --dtype float64 --repeats 30 --json out.json
+    python benchmarks/bench_cuda.py --dtype float16 --repeats 30 --json out.json   # or float64, bfloat16
 
 For each shape (3x3 deformable conv, N=2; offsets ~ N(0, 1), v2 mask):
   conv3  C=O=128, 100x152, pad 1          conv4  C=O=256, 50x76, pad 1
   conv5  C=O=512, 50x76, dilation 2, pad 2
 it times, interleaved (A B A B ...), ``--repeats`` times after warm-up, with CUDA events, and reports medians
 and ratios in one run:
-  * forward and forward+backward of ``dcn_lessons.ops.deform_conv2d`` (CUDA kernels) against
-    ``torchvision.ops.deform_conv2d`` (when torchvision imports) and cuDNN ``F.conv2d`` (same shape, no offsets);
+  * forward and forward+backward of ``dcn_lessons.ops.deform_conv2d`` on the CUDA kernels, with the plain
+    kernels ("ours") and with the grouped im2col + fused backward ("ours_fast", ``set_kernel_variant``), against
+    ``torchvision.ops.deform_conv2d`` (when torchvision imports and takes the dtype) and cuDNN ``F.conv2d``
+    (same shape, no offsets);
   * the faster variants against the plain kernels: im2col "grouped" vs "plain"; the fused backward
     (``deform_col2im_fused``) vs col2im + coordinate kernel;
   * the fraction of the memory-bandwidth roofline reached by im2col: the bytes it must move at least
@@ -70,9 +72,21 @@ def nominal_bandwidth() -> float | None:
         return None
 
 
+def _takes_dtype(tvops, dtype: torch.dtype, dev: torch.device) -> bool:
+    """Whether torchvision's deform_conv2d runs in ``dtype`` here (not every build has every 16-bit kernel)."""
+    try:
+        z = torch.zeros(1, 1, 3, 3, device=dev, dtype=dtype)
+        tvops.deform_conv2d(z, torch.zeros(1, 18, 1, 1, device=dev, dtype=dtype),
+                            torch.zeros(1, 1, 3, 3, device=dev, dtype=dtype))
+        return True
+    except RuntimeError as exc:
+        print(f"torchvision.ops.deform_conv2d does not take {dtype}: {exc}", file=sys.stderr)
+        return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -92,9 +106,9 @@ def main() -> int:
         tvops = None
     dtype = getattr(torch, args.dtype)
     dev = torch.device("cuda")
-    k = dcuda.kernels_for(torch.zeros(1, device=dev))
     from dcn_lessons.cuda.backend import CupyKernels
 
+    k = CupyKernels(dev)  # plain im2col, separate backward
     grouped = CupyKernels(dev, im2col="grouped")
     bw_copy, bw_nominal = copy_bandwidth(), nominal_bandwidth()
     machine = f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.dtype}"
@@ -115,13 +129,17 @@ def main() -> int:
         geo = (3, 1, p, d)
         leaves = [x, off, w, b, mask]
 
-        def ours_fwd():
+        def ours_fwd(variant=("plain", "separate")):
+            dcuda.set_kernel_variant(*variant)  # the backend of each variant is built once and kept
             with torch.no_grad():
                 return deform_conv2d(x, off, w, b, padding=p, dilation=d, mask=mask)
 
-        def ours_fb():
+        def ours_fb(variant=("plain", "separate")):
+            dcuda.set_kernel_variant(*variant)
             y = deform_conv2d(x, off, w, b, padding=p, dilation=d, mask=mask)
             return torch.autograd.grad(y, leaves, go)
+
+        fast = ("grouped", "fused")
 
         def cudnn_fwd():
             with torch.no_grad():
@@ -131,9 +149,9 @@ def main() -> int:
             y = F.conv2d(x, w, b, padding=p, dilation=d)
             return torch.autograd.grad(y, [x, w, b], go)
 
-        fwd = {"ours": ours_fwd, "cudnn": cudnn_fwd}
-        fb = {"ours": ours_fb, "cudnn": cudnn_fb}
-        if tvops is not None:
+        fwd = {"ours": ours_fwd, "ours_fast": lambda: ours_fwd(fast), "cudnn": cudnn_fwd}
+        fb = {"ours": ours_fb, "ours_fast": lambda: ours_fb(fast), "cudnn": cudnn_fb}
+        if tvops is not None and _takes_dtype(tvops, dtype, dev):
             def tv_fwd():
                 with torch.no_grad():
                     return tvops.deform_conv2d(x, off, w, b, padding=p, dilation=d, mask=mask)
@@ -161,6 +179,8 @@ def main() -> int:
             "forward_s": t_fwd, "forward_backward_s": t_fb, "primitives_s": t_prim,
             "forward_ratio_vs_cudnn": t_fwd["ours"] / t_fwd["cudnn"],
             "forward_backward_ratio_vs_cudnn": t_fb["ours"] / t_fb["cudnn"],
+            "fast_forward_ratio_vs_cudnn": t_fwd["ours_fast"] / t_fwd["cudnn"],
+            "fast_forward_backward_ratio_vs_cudnn": t_fb["ours_fast"] / t_fb["cudnn"],
             "im2col_grouped_over_plain": t_prim["im2col_grouped"] / t_prim["im2col_plain"],
             "backward_fused_over_separate": t_prim["backward_fused"] / t_prim["backward_separate"],
             "im2col_roofline_fraction_of_copy_bw": min_bytes / best_im2col / bw_copy,
@@ -168,6 +188,8 @@ def main() -> int:
         if "torchvision" in t_fwd:
             row["forward_ratio_vs_torchvision"] = t_fwd["ours"] / t_fwd["torchvision"]
             row["forward_backward_ratio_vs_torchvision"] = t_fb["ours"] / t_fb["torchvision"]
+            row["fast_forward_ratio_vs_torchvision"] = t_fwd["ours_fast"] / t_fwd["torchvision"]
+            row["fast_forward_backward_ratio_vs_torchvision"] = t_fb["ours_fast"] / t_fb["torchvision"]
         results["shapes"][name] = row
         print(f"\n{name}: N={N} C=O={C} {H}x{W} dilation {d}")
         for key, v in row.items():

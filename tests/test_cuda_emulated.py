@@ -516,3 +516,19 @@ def test_16bit_tensors_take_the_conv_kernels_and_the_roi_tensor_path(monkeypatch
     out = ops_roi.roi_align(feat, rois, 2, spatial_scale=0.5, sampling_ratio=2)
     assert out.dtype == dtype and not roi_used, "a 16-bit RoI input was sent to the float-only RoI kernels"
     torch.testing.assert_close(out.double(), want_roi, rtol=2e-2, atol=2e-2)
+
+
+def test_sanitizer_driver_runs_on_the_emulated_kernels(repo):
+    """benchmarks/sanitize_cuda.sh's Python driver (every kernel, every dtype, edge cases) only runs on a GPU;
+    run it here on the emulated backend so the script cannot rot between GPU sessions."""
+    script = (repo / "benchmarks" / "sanitize_cuda.sh").read_text()
+    driver = script.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    assert "CupyKernels(dev, **variant)" in driver and 'torch.device("cuda")' in driver
+    driver = (driver.replace("from dcn_lessons.cuda.backend import CupyKernels",
+                             "from dcn_lessons.cuda.backend import EmulatedKernels")
+              .replace("CupyKernels(dev, **variant)", "EmulatedKernels(**variant)")
+              .replace('torch.device("cuda")', 'torch.device("cpu")')
+              .replace("torch.cuda.synchronize()", "pass"))
+    namespace: dict = {}
+    exec(compile(driver, "sanitize_driver", "exec"), namespace)  # noqa: S102
+    assert namespace["k"].backward == "fused"  # it went through both variants
