@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,7 +139,8 @@ def install_student_notebooks(target: Path, force: bool = False, notebooks: Path
     """Build every lesson and copy its student notebook into ``target``.
 
     A student notebook that already exists there is the learner's work: it is kept unless
-    ``force`` is given (then the old one is first renamed ``*.ipynb.bak``).
+    ``force`` is given (then the old one is first renamed ``*.ipynb.bak``). Relative links in its markdown
+    (``../README.md#...``, a figure) are rewritten for the new folder, so they still reach their files.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -150,9 +152,33 @@ def install_student_notebooks(target: Path, force: bool = False, notebooks: Path
         built = build(master, out)
         if dest.exists():
             dest.replace(dest.with_name(dest.name + ".bak"))
-        shutil.copy2(built.student, dest)
+        nb = json.loads(built.student.read_text(encoding="utf-8"))
+        for cell in nb.get("cells", []):
+            if cell.get("cell_type") == "markdown":
+                text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+                cell["source"] = relink(text, master.parent, target).splitlines(keepends=True)
+        part = dest.with_name(dest.name + ".part")  # write whole, then rename: never a half-written notebook
+        part.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        part.replace(dest)
         written.append(dest)
     return written
+
+
+_MD_LINK = re.compile(r"(\]\()([^)\s#]+)((?:#[^)\s]*)?\))")
+
+
+def relink(markdown: str, source_dir: Path, target_dir: Path) -> str:
+    """``markdown`` with every relative link target (``[text](path#anchor)``, images too) rewritten from
+    ``source_dir`` to ``target_dir``; URLs (``scheme:``), absolute paths and pure anchors are left alone."""
+
+    def repl(m: re.Match[str]) -> str:
+        link = m.group(2)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", link) or link.startswith("/"):
+            return m.group(0)
+        moved = os.path.relpath(os.path.normpath(Path(source_dir).resolve() / link), Path(target_dir).resolve())
+        return m.group(1) + Path(moved).as_posix() + m.group(3)
+
+    return _MD_LINK.sub(repl, markdown)
 
 
 # -- grading ------------------------------------------------------------------------------------
@@ -234,6 +260,16 @@ def _restore(snapshot: Snapshot, files: dict[str, Path]) -> list[str]:
     return bad
 
 
+def _source_checkout(files: dict[str, Path]) -> Optional[Path]:
+    """The repository root when the installed package is a source checkout (an editable install inside a git
+    work tree), else None. There a changed file may be the instructor's own edit, made while grading ran."""
+    init = files.get("dcn_lessons/__init__.py")
+    if init is None:
+        return None
+    root = init.resolve().parent.parent
+    return root if (root / ".git").exists() else None
+
+
 def _run_one(name: str, data: bytes, autograder: bytes, timeout: float, env: dict[str, str], package: Snapshot) -> Result:
     with tempfile.TemporaryDirectory(prefix="dcn-grade-") as tmp:
         work = Path(tmp)
@@ -308,6 +344,11 @@ def grade(
         env.setdefault(var, per_job)
     installed = package_files()
     package = {rel: p.read_bytes() for rel, p in installed.items()}
+    # In a source checkout nothing is written back: the change may be the instructor's own edit (restoring
+    # would destroy it); it is reported once, and `git diff` shows it. Submissions never see it either way:
+    # each one imports its private copy of `package`.
+    checkout = _source_checkout(installed)
+    baseline = dict(package)
     restoring = threading.Lock()
 
     def one(item: tuple[str, bytes | None, str]) -> Result:
@@ -315,12 +356,17 @@ def grade(
         start = time.monotonic()
         r = Result(name, "invalid", message=error) if data is None else _run_one(Path(name).name, data, ag_bytes, timeout, env, package)
         with restoring:  # a submission may have found the installed package itself
-            restored = _restore(package, installed)
-        if restored:
+            if checkout is None:
+                changed, how = _restore(package, installed), "restored"
+            else:
+                changed, how = _changed(baseline, installed), f"left as is in the checkout {checkout}: see git diff"
+                for rel in changed:  # report each change once
+                    baseline.pop(rel)
+        if changed:
             if jobs == 1:  # only this one ran since the last check
-                r = Result(name, "tampered", message=f"changed the installed package: {', '.join(restored[:3])} (restored)")
-            elif log:
-                log(f"warning: restored installed package files changed while grading: {', '.join(restored)}")
+                r = Result(name, "tampered", message=f"changed the installed package: {', '.join(changed[:3])} ({how})")
+            if log:
+                log(f"warning: installed package files changed while grading ({how}): {', '.join(changed)}")
         r.submission = name  # the path as given: two folders may hold notebooks of the same name
         r.scores = {q: r.scores.get(q, 0.0) for q in qs}
         if log:
