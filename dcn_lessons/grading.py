@@ -260,7 +260,7 @@ def _restore(snapshot: Snapshot, files: dict[str, Path]) -> list[str]:
     return bad
 
 
-def _source_checkout(files: dict[str, Path]) -> Optional[Path]:
+def _source_checkout(files: dict[str, Path]) -> Path | None:
     """The repository root when the installed package is a source checkout (an editable install inside a git
     work tree), else None. There a changed file may be the instructor's own edit, made while grading ran."""
     init = files.get("dcn_lessons/__init__.py")

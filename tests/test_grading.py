@@ -35,6 +35,8 @@ def _mini_master(path: Path) -> Path:
     nb.cells = [
         raw("# ASSIGNMENT CONFIG\nname: mini\ninit_cell: true\ncheck_all_cell: false\nexport_cell: false\nrun_tests: false"),
         code("import numpy as np"),
+        md("The [conventions](../README.md#conventions-shared-by-every-tier), [a site](https://example.org/x.md) "
+           "and [this cell](#top)."),
         raw("# BEGIN QUESTION\nname: q1\npoints: 1"), md("Sampling positions."),
         raw("# BEGIN SOLUTION"),
         code("def my_sampling_positions(y, x, offsets):\n    # BEGIN SOLUTION\n    i, j = np.meshgrid(np.arange(3), np.arange(3), indexing='ij')\n"
@@ -141,11 +143,16 @@ def test_grading_a_folder_of_misbehaving_submissions(mini, tmp_path):
     assert rows[0]["q1"] == "1" and rows[0]["q2"] == "2" and rows[0]["total"] == "3" and rows[0]["max_total"] == "3"
 
 
-def test_a_submission_that_edits_the_installed_package_is_caught_and_undone(mini, tmp_path, monkeypatch):
+@pytest.mark.parametrize("checkout", [False, True], ids=["installed", "source-checkout"])
+def test_a_submission_that_edits_the_installed_package_is_caught_and_undone(mini, tmp_path, monkeypatch, checkout):
     """The installed package (here a stand-in copy, so the test never risks the real one) is restored after
-    a submission changed it; with one job at a time the change is pinned on that submission."""
+    a submission changed it; with one job at a time the change is pinned on that submission. In a source
+    checkout (a .git beside the package) the change is reported once and left for `git diff`: it may be the
+    instructor's own edit, made while grading ran, and restoring would destroy it."""
     root, built = mini
     installed = tmp_path / "installed"
+    if checkout:
+        (installed / ".git").mkdir(parents=True)
     files = {}
     for rel, p in grading.package_files().items():
         (installed / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -162,10 +169,15 @@ def test_a_submission_that_edits_the_installed_package_is_caught_and_undone(mini
                 after="def my_sampling_positions")
     (subs / "b_master.ipynb").write_bytes(built.solution.read_bytes())
     res = grading.grade(built.autograder, sorted(subs.glob("*.ipynb")), timeout=120, jobs=1)
-    assert (res[0].status, res[0].total) == ("tampered", 0.0) and "(restored)" in res[0].message
-    assert (res[1].status, res[1].total) == ("graded", 3.0)
-    assert target.read_bytes() == original
-    assert files["dcn_lessons/reference/__init__.py"].is_file()
+    assert (res[0].status, res[0].total) == ("tampered", 0.0)
+    assert (res[1].status, res[1].total) == ("graded", 3.0)  # its private copy was intact: full marks, not flagged
+    if checkout:
+        assert "left as is in the checkout" in res[0].message and "git diff" in res[0].message
+        assert target.read_bytes() != original and not files["dcn_lessons/reference/__init__.py"].exists()
+    else:
+        assert "(restored)" in res[0].message
+        assert target.read_bytes() == original
+        assert files["dcn_lessons/reference/__init__.py"].is_file()
 
 
 @pytest.mark.parametrize("timeout", [0, -5, float("nan"), float("inf")])
@@ -239,6 +251,23 @@ def test_student_install_keeps_learner_work(tmp_path):
     grading.install_student_notebooks(target, force=True, notebooks=nbdir, out=tmp_path / "b")
     assert "MY NOTES" in (target / "07_mini.ipynb.bak").read_text()
     assert "MY NOTES" not in (target / "07_mini.ipynb").read_text()
+
+
+def test_student_install_keeps_relative_links_working(tmp_path):
+    """notebooks/student/ is one folder deeper than the masters: ../README.md must become ../../README.md (and
+    still name the same file); URLs and anchors stay as they are."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    (tmp_path / "README.md").write_text("# readme")
+    _mini_master(nbdir / "07_mini.ipynb")
+    target = nbdir / "student"
+    grading.install_student_notebooks(target, notebooks=nbdir, out=tmp_path / "b")
+    nb = nbformat.read(str(target / "07_mini.ipynb"), as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "[conventions](../../README.md#conventions-shared-by-every-tier)" in text
+    assert (target / "../../README.md").resolve() == (tmp_path / "README.md").resolve()
+    assert "(https://example.org/x.md)" in text and "[this cell](#top)" in text
+    assert not list(target.glob("*.part"))
 
 
 @pytest.mark.parametrize("euid, root_flag", [(0, True), (1000, False)])

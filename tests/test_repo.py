@@ -20,6 +20,9 @@ def test_layout():
 @pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[p.name for p in ALL_NOTEBOOKS])
 def test_notebook_is_stripped(path):
     nb = json.loads(path.read_text())
+    ids = [cell.get("id") for cell in nb["cells"]]
+    if (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5):  # cell ids are required from nbformat 4.5 on
+        assert all(ids) and len(set(ids)) == len(ids), f"{path.name}: a cell has no id, or two share one"
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [], f"{path.name}: cell {i} carries outputs (strip them before committing)"
