@@ -43,7 +43,7 @@ __device__ __forceinline__ void dcn_fill_weights(DcnCorners<T>& c, T ly, T lx, T
 template <typename T>
 __device__ __forceinline__ DcnCorners<T> dcn_conv_corners(T y, T x, dcn_index_t H, dcn_index_t W) {
   DcnCorners<T> c;
-  // The negated test also sends NaN positions to "outside".
+  // Every comparison with NaN is false, so a NaN position is "outside" too.
   c.inside = (y > T(-1) && y < T(H) && x > T(-1) && x < T(W));
   if (!c.inside) {
     for (int t = 0; t < 4; ++t) { c.idx[t] = -1; c.w[t] = T(0); c.wy[t] = T(0); c.wx[t] = T(0); }

@@ -26,13 +26,13 @@ struct DcnConvShape {
   dcn_index_t C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, G;
 };
 
-// Position (py, px) of kernel point k for output (y, x) of image n, offset group g.
+// Position (py, px) of kernel point k for output (y, x) of image b, offset group g.
 template <typename T, typename A>
-__device__ __forceinline__ void dcn_conv_position(const T* offset, const DcnConvShape& s, dcn_index_t n,
+__device__ __forceinline__ void dcn_conv_position(const T* offset, const DcnConvShape& s, dcn_index_t b,
                                                   dcn_index_t g, dcn_index_t k, dcn_index_t y, dcn_index_t x,
                                                   A* py, A* px) {
   const dcn_index_t K = s.kh * s.kw, L = s.Ho * s.Wo;
-  const T* off = offset + ((n * s.G + g) * 2 * K + 2 * k) * L + y * s.Wo + x;
+  const T* off = offset + ((b * s.G + g) * 2 * K + 2 * k) * L + y * s.Wo + x;
   const dcn_index_t i = k / s.kw, j = k % s.kw;
   *py = (A)(y * s.sh - s.ph + i * s.dh) + dcn_load(off);
   *px = (A)(x * s.sw - s.pw + j * s.dw) + dcn_load(off + L);
@@ -44,8 +44,8 @@ __device__ __forceinline__ void dcn_conv_position(const T* offset, const DcnConv
       dcn_index_t Wo, dcn_index_t G
 #define DCN_CONV_SHAPE DcnConvShape s = {C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, G}
 
-// Deformable im2col, one work item per (n, c, y, x): n = N*C*Ho*Wo.
-// columns[n, c*K + k, y*Wo + x] = m * x_c(py, px)  (v2 Eq. (1) before the weights; m = 1 without mask).
+// Deformable im2col, one work item per (b, c, y, x): n = N*C*Ho*Wo items.
+// columns[b, c*K + k, y*Wo + x] = m * x_c(py, px)  (v2 Eq. (1) before the weights; m = 1 without mask).
 template <typename T>
 __global__ void deform_im2col_kernel(dcn_index_t n, const T* input, const T* offset, const T* mask,
                                      int has_mask, T* columns, DCN_CONV_ARGS) {
@@ -67,7 +67,7 @@ __global__ void deform_im2col_kernel(dcn_index_t n, const T* input, const T* off
   }
 }
 
-// Faster im2col variant, one work item per (n, g, k, y, x): n = N*G*K*Ho*Wo. The position, corners and
+// Faster im2col variant, one work item per (b, g, k, y, x): n = N*G*K*Ho*Wo items. The position, corners and
 // weights are computed once and reused for the C/G channels of the group (the plain kernel recomputes them
 // per channel). Same result as deform_im2col_kernel.
 template <typename T>
@@ -89,7 +89,7 @@ __global__ void deform_im2col_grouped_kernel(dcn_index_t n, const T* input, cons
 }
 
 // col2im: gradient of the columns with respect to the input, one work item per column entry
-// (n, c, k, y, x): n = N*C*K*Ho*Wo. Each entry scatters m * grad_columns onto its in-map corners
+// (b, c, k, y, x): n = N*C*K*Ho*Wo items. Each entry scatters m * grad_columns onto its in-map corners
 // (atomicAdd; Eq. (3) is linear in x). grad_input must be zeroed by the caller.
 template <typename T>
 __global__ void deform_col2im_kernel(dcn_index_t n, const T* grad_columns, const T* offset, const T* mask,
@@ -109,7 +109,7 @@ __global__ void deform_col2im_kernel(dcn_index_t n, const T* grad_columns, const
   }
 }
 
-// Coordinate gradient: offset (and mask) gradients, one work item per (n, g, k, y, x): n = N*G*K*Ho*Wo.
+// Coordinate gradient: offset (and mask) gradients, one work item per (b, g, k, y, x): n = N*G*K*Ho*Wo items.
 //   grad_offset[dy] = sum_{c in g} grad_col * m * d x_c(p)/dy   (likewise dx; the rule's position gradient)
 //   grad_mask       = sum_{c in g} grad_col * x_c(p)
 // Every output element has exactly one writer: no atomics, no zeroing needed.
@@ -143,7 +143,7 @@ __global__ void deform_col2im_coord_kernel(dcn_index_t n, const T* grad_columns,
 }
 
 // Fused backward (faster variant): col2im and the coordinate gradient in one pass, one work item per
-// (n, g, k, y, x). Each item computes its position and corners once, reads each of its C/G column entries
+// (b, g, k, y, x). Each item computes its position and corners once, reads each of its C/G column entries
 // once, scatters them into grad_input (atomicAdd) and accumulates the offset/mask gradients in registers.
 // Replaces deform_col2im_kernel + deform_col2im_coord_kernel (same results; grad_input zeroed by the caller).
 template <typename T>

@@ -532,3 +532,62 @@ def test_sanitizer_driver_runs_on_the_emulated_kernels(repo):
     namespace: dict = {}
     exec(compile(driver, "sanitize_driver", "exec"), namespace)  # noqa: S102
     assert namespace["k"].backward == "fused"  # it went through both variants
+
+
+def test_build_and_definition_the_lesson_helpers():
+    """dcuda.build (lesson 06's launcher: GPU when usable, else the emulator) and dcuda.definition (one
+    definition of kernels/ as text)."""
+    ok, why = dcuda.gpu_status()
+    if not ok:
+        assert why  # says why not
+    kernels = {"scale": ["const float*", "float*", "float", "int"]}
+    for where in (("emulator", "auto") if not ok else ("emulator", "auto", "gpu")):
+        scale = dcuda.build(_TOY, kernels, where=where)["scale"]
+        x, y = np.arange(40, dtype=np.float32), np.zeros(40, np.float32)
+        scale((2,), (32,), (x, y, 0.5, 40))
+        np.testing.assert_array_equal(y, 0.5 * x)
+    with pytest.raises(ValueError, match='where: expected "auto", "gpu" or "emulator"'):
+        dcuda.build(_TOY, kernels, where="cpu")
+    macro = dcuda.definition("dcn_common.cuh", "DCN_GRID_STRIDE_LOOP")
+    assert macro.startswith("// Grid-stride") and macro.rstrip().endswith("gridDim.x)")
+    assert dcuda.definition("dcn_common.cuh", "dcn_index_t").endswith("typedef long long dcn_index_t;")
+    fn = dcuda.definition("deform_conv.cu", "deform_col2im_kernel")
+    assert fn.splitlines()[0].startswith("// col2im") and "template <typename T>" in fn and fn.endswith("}")
+    assert fn.count("{") == fn.count("}") and "deform_col2im_coord_kernel" not in fn
+    with pytest.raises(ValueError, match="no definition of 'nope' found in kernels/deform_conv.cu"):
+        dcuda.definition("deform_conv.cu", "nope")
+
+
+def test_atomic_backwards_follow_use_deterministic_algorithms(plain, monkeypatch):
+    """On a GPU the atomicAdd backwards are not bit-reproducible: under torch.use_deterministic_algorithms(True)
+    they raise (warn with warn_only=True), as PyTorch's own such ops do. The emulator's order is fixed."""
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    off = torch.randn(1, 18, 4, 4, dtype=torch.float64)
+    g = torch.randn(1, 18, 16, dtype=torch.float64)
+    feat = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    rois = torch.tensor([[0, 0.5, 0.5, 3.0, 3.0]], dtype=torch.float64)
+    go = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    calls = {
+        "deform_col2im": lambda: plain.deform_col2im(g, off, None, x.shape, 3, 1, 1, 1),
+        "deform_col2im_fused": lambda: plain.deform_col2im_fused(g, x, off, None, 3, 1, 1, 1),
+        "roi_align backward": lambda: plain.roi_backward("roi_align", go, feat, rois, None, None, 2, 1.0, 2, 0.1),
+    }
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        for call in calls.values():
+            call()  # the emulator is deterministic: allowed
+        monkeypatch.setattr(plain, "ordered_atomics", False)  # as on a GPU
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match="atomicAdd.*use_deterministic_algorithms"):
+                call()
+        plain.deform_col2im_coord(g, x, off, None, 3, 1, 1, 1)  # one writer per output: no atomics, allowed
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="warn_only=True"):
+            calls["deform_col2im"]()
+        torch.use_deterministic_algorithms(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            calls["deform_col2im"]()
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])

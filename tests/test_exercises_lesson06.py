@@ -79,6 +79,9 @@ def test_q1_passes_silently_on_correct_kernels(capsys):
         (42, ["expected a str"]),
         (_src(GOOD_BODY).replace("my_bilinear", "bilinear"), ["no kernel", "my_bilinear"]),
         (_src(GOOD_BODY).replace("floor(x)", "flor(x)"), ["does not compile", "kernel_source.cu:", "flor"]),
+        (_src(GOOD_BODY).replace("const double* im", "const float* im"),
+         ["does not compile", "keep its first lines exactly", "const double* im"]),
+        (_src(GOOD_BODY).rstrip().rstrip("}"), ["does not compile", "past the end of your source", "brace"]),
         (_src("  double v = 0.0;\n  out[i] = v;\n}\n"), ["integer positions", "got 0, expected"]),
         (_src(_corners("")), ["NaN", "outside the image", "0 <= row < H"]),
         (_src(_corners(CHECK_BOUNDS, floor="")), ["band", "(int)y truncates"]),
@@ -87,8 +90,8 @@ def test_q1_passes_silently_on_correct_kernels(capsys):
          ["band", "clamped into the map"]),
         (_src(GOOD_BODY, head=HEAD.replace("  if (i >= n) return;\n", "")), ["outside out[0:n]", "if (i >= n)"]),
     ],
-    ids=["ellipsis", "none", "not-str", "renamed", "compile-error", "zeros", "no-bounds", "int-truncation",
-         "swapped", "clamped", "no-thread-bound"],
+    ids=["ellipsis", "none", "not-str", "renamed", "compile-error", "float-signature", "missing-brace", "zeros",
+         "no-bounds", "int-truncation", "swapped", "clamped", "no-thread-bound"],
 )
 def test_q1_fails_with_a_message_that_teaches(source, words):
     with pytest.raises(AssertionError) as info:
@@ -136,8 +139,8 @@ def _no_mod_k(index, C, K, Ho, Wo):
     "fn, words",
     [
         (lambda i, C, K, Ho, Wo: ..., ["not written yet"]),
-        (lambda i, C, K, Ho, Wo: None, ["expected 5 values", "NoneType"]),
-        (lambda i, C, K, Ho, Wo: good_index(i, C, K, Ho, Wo)[:4], ["expected 5 values", "length 4"]),
+        (lambda i, C, K, Ho, Wo: None, ["my_column_index: returned None", "not written yet", "(b, c, k, y, x)"]),
+        (lambda i, C, K, Ho, Wo: good_index(i, C, K, Ho, Wo)[:4], ["my_column_index: expected 5 values", "length 4"]),
         (_swap_yx, ["y: wrong", "Hint"]),
         (_no_mod_k, ["k: wrong", "must lie in [0, 4)", "% 4"]),
         (lambda i, C, K, Ho, Wo: good_index(i, K, C, Ho, Wo), ["c: wrong"]),

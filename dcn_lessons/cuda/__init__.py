@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from ._source import kernels_dir
+from ._source import definition, kernels_dir
 
 __all__ = ["kernels_for", "emulated_kernels", "backend_mode", "kernels_dir", "CudaBackendUnavailable",
-           "set_kernel_variant", "kernel_variant"]
+           "set_kernel_variant", "kernel_variant", "gpu_status", "build", "definition"]
 
 _LOCK = threading.Lock()
 _BACKENDS: dict[tuple[int, str, str], Any] = {}  # (device, im2col, backward) -> CupyKernels, or what stopped it
@@ -128,6 +128,63 @@ def emulated_kernels(im2col: str = "plain", backward: str = "separate") -> Any:
 
             _EMULATED[key] = EmulatedKernels(im2col=im2col, backward=backward)
         return _EMULATED[key]
+
+
+def gpu_status() -> tuple[bool, str]:
+    """``(True, device name)`` when PyTorch sees a CUDA device and CuPy imports, else ``(False, why not)``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "PyTorch sees no CUDA device on this machine"
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a CuPy built for another CUDA
+        return False, (f"CuPy does not import ({type(exc).__name__}: {exc}); "
+                       "pip install -e .[cuda12] (or [cuda13])")
+    return True, torch.cuda.get_device_name()
+
+
+def build(source: str, kernels: Mapping[str, Sequence[str]], where: str = "auto") -> dict[str, Callable[..., None]]:
+    """Compile CUDA ``source`` and return ``{name: launch(grid, block, args)}`` for NumPy arrays (lesson 06).
+
+    ``kernels`` maps each kernel's name (an ``extern "C"`` name, or a template instantiation such as
+    ``"scale<double>"``) to its parameter C types, e.g. ``{"scale": ["const float*", "float*", "float", "int"]}``.
+    ``where``: "gpu" (CuPy: arrays are copied to the device, and those behind non-``const`` pointers copied back
+    after the launch), "emulator" (g++, :mod:`.emulator`: arrays used in place) or "auto" (the GPU when
+    :func:`gpu_status` says it is usable, else the emulator). Scalars are converted to the declared C type.
+    Compile errors propagate (``emulator.EmulatorError`` / CuPy's ``CompileException``).
+    """
+    from . import emulator
+
+    if where not in ("auto", "gpu", "emulator"):
+        raise ValueError(f'where: expected "auto", "gpu" or "emulator", got {where!r}')
+    if where == "auto":
+        where = "gpu" if gpu_status()[0] else "emulator"
+    if where == "emulator":
+        module = emulator.compile(source, kernels)
+        return {name: module.get_function(name) for name in kernels}
+    import cupy
+    import numpy as np
+
+    params = {name: [emulator._Param(name, i, t) for i, t in enumerate(types)] for name, types in kernels.items()}
+    module = cupy.RawModule(code=source, options=("--std=c++17",), name_expressions=list(kernels))
+
+    def launcher(name: str) -> Callable[..., None]:
+        fn = module.get_function(name)
+        ps = params[name]
+
+        def launch(grid: Any, block: Any, args: Sequence[Any]) -> None:
+            if len(args) != len(ps):
+                raise TypeError(f"{name}: expected {len(ps)} arguments, got {len(args)}")
+            dev = [cupy.asarray(a) if p.pointer else np.dtype(p.dtype).type(a) for a, p in zip(args, ps)]
+            fn(grid, block, tuple(dev))
+            for a, d, p in zip(args, dev, ps):
+                if p.pointer and isinstance(a, np.ndarray) and not p.spelling.startswith("const"):
+                    a[...] = cupy.asnumpy(d)
+
+        return launch
+
+    return {name: launcher(name) for name in kernels}
 
 
 def _reset_for_tests() -> None:

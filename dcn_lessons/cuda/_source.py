@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["kernels_dir", "kernel_source", "SIGNATURES", "ELEMENT_TYPES", "KERNEL_FILES", "name_expression",
+__all__ = ["kernels_dir", "kernel_source", "definition", "SIGNATURES", "ELEMENT_TYPES", "KERNEL_FILES", "name_expression",
            "c_type", "ACCUMULATE"]
 
 #: The kernel files the backend loads, in order.
@@ -116,3 +116,33 @@ def kernel_source(files: tuple[str, ...] = KERNEL_FILES, directory: Path | None 
     directory = kernels_dir() if directory is None else Path(directory)
     seen: set[Path] = set()
     return "\n".join(_inline(directory / f, seen) for f in files)
+
+
+def definition(file: str, name: str) -> str:
+    """The definition of ``name`` in ``kernels/<file>`` as text: a function (``__global__``/``__device__``, up
+    to the brace that closes its body), a macro (with its continuation lines) or a typedef, together with the
+    comment and ``template`` lines right above it. Lesson 06 prints the kernels with it, read from disk.
+
+    Raises ValueError naming the file when there is no such definition.
+    """
+    lines = (kernels_dir() / file).read_text().splitlines()
+    at = next((i for i, ln in enumerate(lines)
+               if (f" {name}(" in ln and ("__global__" in ln or "__device__" in ln))
+               or ln.startswith((f"#define {name}(", f"#define {name} "))
+               or (ln.startswith("typedef") and ln.rstrip().rstrip(";").endswith(f" {name}"))), None)
+    if at is None:
+        raise ValueError(f"name: no definition of {name!r} found in kernels/{file}")
+    start = at
+    while start > 0 and lines[start - 1].lstrip().startswith(("//", "template")):
+        start -= 1
+    end = at
+    if lines[at].startswith(("#define", "typedef")):  # a macro runs on while its lines end in a backslash
+        while lines[end].rstrip().endswith("\\") and end + 1 < len(lines):
+            end += 1
+    else:  # a function: up to the brace that closes its body
+        depth = 0
+        for end in range(at, len(lines)):
+            depth += lines[end].count("{") - lines[end].count("}")
+            if depth == 0 and "{" in "".join(lines[at:end + 1]):
+                break
+    return "\n".join(lines[start:end + 1])

@@ -20,6 +20,7 @@ batch index makes a kernel read out of bounds.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional, Sequence
 
 import torch
@@ -79,6 +80,23 @@ class KernelBackend:
     # ------------------------------------------------------------------------------------------ plumbing
     def _launch(self, kernel: str, dtype: torch.dtype, n: int, args: Sequence[Any]) -> None:
         raise NotImplementedError
+
+    #: Whether atomicAdd contributions land in a fixed order (the emulator: yes; a GPU: no, so a backward that
+    #: scatters with atomics can differ in the last bits from run to run).
+    ordered_atomics = False
+
+    def _alert_nondeterministic(self, what: str) -> None:
+        """Follow ``torch.use_deterministic_algorithms``: raise (or warn, with ``warn_only=True``) before an
+        atomicAdd scatter whose summation order varies between runs, as PyTorch does for its own such ops."""
+        if self.ordered_atomics or not torch.are_deterministic_algorithms_enabled():
+            return
+        message = (f"dcn_lessons: {what} on CUDA scatters with atomicAdd, whose summation order (so the last bits "
+                   "of the result) varies from run to run, and you called torch.use_deterministic_algorithms(True). "
+                   "To allow it anyway: torch.use_deterministic_algorithms(True, warn_only=True)")
+        if torch.is_deterministic_algorithms_warn_only_enabled():
+            warnings.warn(message, UserWarning, stacklevel=3)
+        else:
+            raise RuntimeError(message)
 
     def _run(self, kernel: str, dtype: torch.dtype, n: int, *args: Any) -> None:
         if n > 0:
@@ -146,6 +164,7 @@ class KernelBackend:
         geo, gcol, offset, mask = self._conv_inputs("grad_columns", grad_columns, input_shape, offset, mask,
                                                     kernel_size, stride, padding, dilation)
         self._columns_shape_check(gcol, geo)
+        self._alert_nondeterministic("deform_conv2d backward (grad_input, deform_col2im_kernel)")
         grad_input = _accumulator((geo.N, geo.C, geo.H, geo.W), gcol)
         self._run("deform_col2im_kernel", gcol.dtype, geo.N * geo.C * geo.K * geo.Ho * geo.Wo, gcol, offset,
                   offset if mask is None else mask, int(mask is not None), grad_input, *_conv_scalars(geo))
@@ -177,6 +196,7 @@ class KernelBackend:
                                                  kernel_size, stride, padding, dilation)
         gcol = self._tensor("grad_columns", grad_columns, x.dtype, x.device)
         self._columns_shape_check(gcol, geo)
+        self._alert_nondeterministic("deform_conv2d backward (grad_input, deform_col2im_fused_kernel)")
         grad_input = _accumulator(tuple(x.shape), x)
         grad_offset = torch.empty_like(offset)
         grad_mask = None if mask is None else torch.empty_like(mask)
@@ -261,6 +281,7 @@ class KernelBackend:
             kind, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
         go = self._tensor("grad_output", grad_output, x.dtype, x.device)
         _roi.check_grad_output(go, (k, c_out, ph, pw))
+        self._alert_nondeterministic(f"{kind} backward (roi_pool_backward_kernel)")
         grad_input = torch.zeros_like(x)
         grad_offset = None if offset is None else torch.zeros_like(offset)
         grad_mask = None if mask is None else torch.zeros_like(mask)
@@ -291,6 +312,7 @@ class EmulatedKernels(KernelBackend):
 
     device_type = "cpu"
     check_values = True
+    ordered_atomics = True  # one emulated thread after another: the same order every run
 
     def __init__(self, im2col: str = "plain", backward: str = "separate", threads: int = 32,
                  max_blocks: int = 4) -> None:

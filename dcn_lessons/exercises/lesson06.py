@@ -12,6 +12,8 @@ import numpy as np  # noqa: F401
 
 #: The parameter types of the q1 kernel, in order (the template's first line).
 BILINEAR_PARAMS = ["const double*", "int", "int", "const double*", "const double*", "double*", "int"]
+_SIGNATURE = ('extern "C" __global__ void my_bilinear(const double* im, int H, int W, const double* py, '
+              'const double* px, double* out, int n)')
 _THREADS = 32
 
 
@@ -24,6 +26,23 @@ def _one_line_error(text):
     return lines[-1] if lines else str(text)
 
 
+def _compile_error(source, text):
+    """One line for a compile error, and a hint when the error lies past the end of the learner's source (in the
+    launcher the emulator appends): there a parameter type or count differs from the template's, or a brace is
+    missing."""
+    line = _one_line_error(text)
+    msg = f"your kernel does not compile: {line}"
+    m = re.match(r"kernel_source\.cu:(\d+):", line)
+    if m and int(m.group(1)) > len(source.splitlines()):
+        if "convert" in line or "arguments to function" in line:
+            msg += ("\nHint: the check launches my_bilinear with the template's parameters; keep its first lines "
+                    f"exactly: {_SIGNATURE}")
+        else:
+            msg += (f"\nHint: line {m.group(1)} is past the end of your source ({len(source.splitlines())} lines): "
+                    "is a closing brace } missing?")
+    return msg
+
+
 def _compile_bilinear(source):
     """``launch(grid, block, args)`` for the learner's ``my_bilinear`` kernel (numpy arrays in, updated in place)."""
     if source is Ellipsis or source is None:
@@ -33,44 +52,24 @@ def _compile_bilinear(source):
     if not re.search(r"__global__\s+void\s+my_bilinear\s*\(", source):
         raise ExerciseError(
             "my_bilinear_source: found no kernel `__global__ void my_bilinear(...)`; keep the template's first "
-            "lines (extern \"C\" __global__ void my_bilinear(const double* im, int H, int W, const double* py, "
-            "const double* px, double* out, int n))"
+            f"lines ({_SIGNATURE})"
         )
-    from dcn_lessons.cuda import emulator
+    from dcn_lessons.cuda import build, emulator, gpu_status
 
+    kernels = {"my_bilinear": BILINEAR_PARAMS}
     try:
-        module = emulator.compile(source, {"my_bilinear": BILINEAR_PARAMS})
+        return build(source, kernels, where="emulator")["my_bilinear"]
     except emulator.EmulatorError as e:
         if "was not found" not in str(e):  # a compile error: show g++'s first error in one line
-            raise ExerciseError(f"your kernel does not compile: {_one_line_error(e)}") from None
-        return _cupy_launcher(source, str(e))
-    kernel = module.get_function("my_bilinear")
-    return lambda grid, block, args: kernel(grid, block, args)
-
-
-def _cupy_launcher(source, why_no_emulator):
+            raise ExerciseError(_compile_error(source, e)) from None
+        no_emulator = str(e)
+    ok, why = gpu_status()  # no g++: a GPU with CuPy runs the same source
+    if not ok:
+        raise ExerciseError(f"cannot run your kernel here: {no_emulator}; and no GPU with CuPy either ({why})")
     try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device")
-    except Exception as e:  # noqa: BLE001
-        raise ExerciseError(f"cannot run your kernel here: {why_no_emulator}; and no GPU with CuPy either ({e})") from None
-    try:
-        kernel = cupy.RawKernel(source, "my_bilinear")
-        kernel.compile()
+        return build(source, kernels, where="gpu")["my_bilinear"]
     except Exception as e:  # noqa: BLE001  (cupy's CompileException)
         raise ExerciseError(f"your kernel does not compile: {_one_line_error(e)}") from None
-    scalar = {"int": np.int32, "double": np.float64}
-
-    def launch(grid, block, args):
-        dev = [cupy.asarray(a) if isinstance(a, np.ndarray) else scalar[t](a) for a, t in zip(args, BILINEAR_PARAMS)]
-        kernel(grid, block, tuple(dev))
-        for a, d, t in zip(args, dev, BILINEAR_PARAMS):
-            if isinstance(a, np.ndarray) and not t.startswith("const"):
-                a[...] = cupy.asnumpy(d)
-
-    return launch
 
 
 _SENTINEL = -12345.0
@@ -159,14 +158,17 @@ def check_bilinear_kernel(source):
 
 def check_column_index(fn):
     """q2: ``fn(index, C, K, Ho, Wo)`` returns ``(b, c, k, y, x)``, the work item of ``deform_col2im_kernel``
-    (and the column entry ``columns[b, c*K + k, y*Wo + x]`` it reads) for flat thread index ``index``; x moves
+    (and the column entry ``columns[b, c*K + k, y*Wo + x]`` it reads) for flat work-item index ``index``; x moves
     fastest. ``index`` may be an int or an integer array (all five results then have its shape)."""
     N, C, K, Ho, Wo = 2, 3, 4, 5, 6  # all different, so a swapped size shows
     index = np.arange(N * C * K * Ho * Wo)
-    got = call(fn, index.copy(), C, K, Ho, Wo, what="column_index")
+    got = call(fn, index.copy(), C, K, Ho, Wo, what="my_column_index")
+    if got is None:
+        raise ExerciseError("my_column_index: returned None -- not written yet, or a missing `return`? "
+                            "Expected 5 values (b, c, k, y, x)")
     if not isinstance(got, (tuple, list)) or len(got) != 5:
         raise ExerciseError(
-            f"column_index: expected 5 values (b, c, k, y, x), got "
+            f"my_column_index: expected 5 values (b, c, k, y, x), got "
             f"{type(got).__name__}{' of length ' + str(len(got)) if isinstance(got, (tuple, list)) else ''}"
         )
     want = np.unravel_index(index, (N, C, K, Ho, Wo))
@@ -188,11 +190,13 @@ def check_column_index(fn):
             f"{name}: wrong for {int((arr != w).sum())} of {index.size} indices (C={C}, K={K}, Ho={Ho}, Wo={Wo}); "
             f"first at index {i}: got {name} = {arr[i]:g}, expected {w[i]}\nHint: {hint}"
         )
-    one = call(fn, 97, C, K, Ho, Wo, what="column_index(97, ...)")
+    one = call(fn, 97, C, K, Ho, Wo, what=f"my_column_index(97, {C}, {K}, {Ho}, {Wo})")
     try:
         one = tuple(int(v) for v in one)
     except (TypeError, ValueError) as e:
-        raise ExerciseError(f"column_index(97, ...): expected 5 integers for an int index, got {one!r} ({e})") from None
+        raise ExerciseError(f"my_column_index(97, {C}, {K}, {Ho}, {Wo}): expected 5 integers for an int index, "
+                            f"got {one!r} ({e})") from None
     if one != tuple(int(v[97]) for v in want):
-        raise ExerciseError(f"column_index(97, ...) = {one}: expected {tuple(int(v[97]) for v in want)} "
+        raise ExerciseError(f"my_column_index(97, {C}, {K}, {Ho}, {Wo}) = {one}: expected "
+                            f"{tuple(int(v[97]) for v in want)} "
                             "(an int index must give the same as an array)")
