@@ -18,7 +18,7 @@ except Exception as exc:  # ImportError, or a CUDA-version mismatch raised at im
     pytest.skip(f"CuPy does not import ({exc}); install dcn_lessons[cuda12] or [cuda13]", allow_module_level=True)
 
 import dcn_lessons.cuda as dcuda  # noqa: E402
-from dcn_lessons.cuda.backend import CupyKernels  # noqa: E402
+from dcn_lessons.cuda.backend import NVRTC_OPTIONS, CupyKernels  # noqa: E402
 from dcn_lessons.ops import deform_conv as ops_conv  # noqa: E402
 from dcn_lessons.ops import roi as ops_roi  # noqa: E402
 from dcn_lessons.reference import deform_conv as RC  # noqa: E402
@@ -95,7 +95,7 @@ def test_16bit_conversions_on_the_gpu_match_torch():
     from dcn_lessons.cuda._source import kernel_source
 
     mod = cupy.RawModule(code=kernel_source(("dcn_common.cuh",)) + 'extern "C" {' + CONVERT_SOURCE + "}",
-                         options=("--std=c++17",))
+                         options=NVRTC_OPTIONS)
     x = torch.from_numpy(conversion_inputs()).to(DEV)
     for name, dtype in (("to_half", torch.float16), ("to_bfloat16", torch.bfloat16)):
         out = torch.empty(x.numel(), dtype=dtype, device=DEV)

@@ -50,7 +50,7 @@ def set_kernel_variant(im2col: str = "plain", backward: str = "separate") -> Non
     """Choose the kernels :func:`kernels_for` hands out from now on (built once per device and variant, so
     switching back and forth costs nothing after the first call).
 
-    ``im2col``: "plain" (one thread per (n, c, y, x)) or "grouped" (one per (n, g, k, y, x), the position
+    ``im2col``: "plain" (one work item per (b, c, y, x)) or "grouped" (one per (b, g, k, y, x), the position
     reused across the group's channels). ``backward``: "separate" (col2im, then the coordinate kernel) or "fused"
     (one pass). All four give the same results; ``benchmarks/bench_cuda.py`` measures which is faster.
     """
@@ -166,8 +166,10 @@ def build(source: str, kernels: Mapping[str, Sequence[str]], where: str = "auto"
     import cupy
     import numpy as np
 
+    from .backend import NVRTC_OPTIONS
+
     params = {name: [emulator._Param(name, i, t) for i, t in enumerate(types)] for name, types in kernels.items()}
-    module = cupy.RawModule(code=source, options=("--std=c++17",), name_expressions=list(kernels))
+    module = cupy.RawModule(code=source, options=NVRTC_OPTIONS, name_expressions=list(kernels))
 
     def launcher(name: str) -> Callable[..., None]:
         fn = module.get_function(name)

@@ -68,6 +68,9 @@ class KernelBackend:
     device_type = "cuda"
     conv_dtypes = CONV_DTYPES  # what the deformable-conv methods take
     roi_dtypes = ROI_DTYPES    # what roi_forward / roi_backward take
+    #: Whether atomicAdd contributions land in a fixed order (the emulator: yes; a GPU: no, so a backward that
+    #: scatters with atomics can differ in the last bits from run to run).
+    ordered_atomics = False
 
     def __init__(self, im2col: str = "plain", backward: str = "separate") -> None:
         if im2col not in ("plain", "grouped"):
@@ -80,10 +83,6 @@ class KernelBackend:
     # ------------------------------------------------------------------------------------------ plumbing
     def _launch(self, kernel: str, dtype: torch.dtype, n: int, args: Sequence[Any]) -> None:
         raise NotImplementedError
-
-    #: Whether atomicAdd contributions land in a fixed order (the emulator: yes; a GPU: no, so a backward that
-    #: scatters with atomics can differ in the last bits from run to run).
-    ordered_atomics = False
 
     def _alert_nondeterministic(self, what: str) -> None:
         """Follow ``torch.use_deterministic_algorithms``: raise (or warn, with ``warn_only=True``) before an
