@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcn_lessons.ops.deform_conv import _chunk_size
+from dcn_lessons.ops.deform_conv import _chunk_size, _store_chunk
 
 try:  # pragma: no cover - which branch runs depends on the environment
     from numba import njit
@@ -456,12 +456,7 @@ class _NumbaPath:
                 torch.mm(go_c[gi].t(), w_k[gi], out=gcols_2d[:, gi * kc:(gi + 1) * kc])
             gi_, goff, gm = chunk.columns_backward(gcols, need_input, need_coord)
             del gcols
-            if grad_input is not None:
-                grad_input[s:e] = gi_
-            if grad_offset is not None:
-                grad_offset[s:e] = goff
-            if grad_mask is not None:
-                grad_mask[s:e] = gm
+            _store_chunk(s, e, (grad_input, gi_), (grad_offset, goff), (grad_mask, gm))
         gw = None
         if gw_k is not None:
             gw = gw_k.reshape(groups, og, geo.kk, geo.cg).transpose(2, 3).reshape(weight.shape)

@@ -310,6 +310,13 @@ def _chunk_size(n: int, rows: int, length: int, itemsize: int) -> int:
     return max(1, min(n, COLUMNS_BUDGET_BYTES // per_image))
 
 
+def _store_chunk(s: int, e: int, *pairs: tuple[Optional[Tensor], Optional[Tensor]]) -> None:
+    """``full[s:e] = part`` for each ``(full, part)`` whose gradient was asked for (``full`` not None)."""
+    for full, part in pairs:
+        if full is not None:
+            full[s:e] = part
+
+
 class _ColumnsPath:
     """Forward and backward through three primitives (DCNv1 App. A): im2col, GEMM, col2im and col2im_coord.
 
@@ -382,12 +389,7 @@ class _ColumnsPath:
                 g_in = self.kern.deform_col2im(gcols, off, m, x.shape, ks, stride, padding, dilation)
             else:
                 g_off, g_m = self.kern.deform_col2im_coord(gcols, x, off, m, ks, stride, padding, dilation)
-            if grad_input is not None:
-                grad_input[s:e] = g_in
-            if grad_offset is not None:
-                grad_offset[s:e] = g_off
-            if grad_mask is not None:
-                grad_mask[s:e] = g_m
+            _store_chunk(s, e, (grad_input, g_in), (grad_offset, g_off), (grad_mask, g_m))
         gw = grad_weight.reshape(weight.shape) if grad_weight is not None else None
         return grad_input, grad_offset, gw, grad_mask
 

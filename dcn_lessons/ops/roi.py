@@ -432,6 +432,7 @@ class _RoIFamily(torch.autograd.Function):
             out = _forward_torch(kind, input, rois, offset, mask, *args, aligned=aligned)
         ctx.save_for_backward(input, rois, offset, mask)
         ctx.params = (kind, args, aligned)
+        ctx.kern = kern  # the backward runs where the forward ran
         return out
 
     @staticmethod
@@ -440,7 +441,7 @@ class _RoIFamily(torch.autograd.Function):
         input, rois, offset, mask = ctx.saved_tensors
         kind, args, aligned = ctx.params
         grad_output = grad_output.contiguous()
-        kern = _kernels(input) if aligned else None
+        kern = ctx.kern
         if kern is not None:
             gi, go, gm = kern.roi_backward(kind, grad_output, input, rois, offset, mask, *args)
         else:
