@@ -72,10 +72,10 @@ def runner(kind: str, t: dict, backward: bool) -> Callable[[], None]:
             if backward:
                 y.backward(torch.ones_like(y))
     else:
-        flag = "1" if kind == "fast" else "0"
+        backend = "cpu-numba" if kind == "fast" else "tensor"
 
         def run() -> None:
-            os.environ["DCN_LESSONS_CPU_FAST"] = flag
+            os.environ["DCN_LESSONS_BACKEND"] = backend
             a = leaves()
             y = D.deform_conv2d(a["x"], a["off"], a["w"], a["b"], 1, 1, 1, mask=a["m"])
             if backward:
@@ -107,7 +107,7 @@ def rss_child(kind: str, shape: tuple[int, int, int, int], modulated: bool) -> O
     code = f"""
 import os, torch
 torch.set_num_threads(2)
-os.environ["DCN_LESSONS_CPU_FAST"] = {"1" if kind == "fast" else "0"!r}
+os.environ["DCN_LESSONS_BACKEND"] = {"cpu-numba" if kind == "fast" else "tensor"!r}
 import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from bench_deform_conv_cpu import make, runner
 t = make(*{shape!r}, modulated={modulated!r})

@@ -13,6 +13,15 @@ import numpy as np
 #: The photos that scikit-image ships inside its wheel (no download).
 PHOTOS = ("camera", "astronaut", "chelsea", "coffee", "rocket")
 
+#: Every bundled scikit-image picture that makes useful clutter behind the capstone's synthetic objects
+#: (:mod:`dcn_lessons.detection.synthetic`): :data:`PHOTOS` plus textures (brick, grass, gravel), scientific
+#: images (coins, moon, hubble_deep_field, immunohistochemistry, retina, cell) and printed text (page, text),
+#: whose strokes make digit-like distractors. All ship inside scikit-image's wheel; :func:`photo` loads any.
+CLUTTER_PHOTOS = PHOTOS + (
+    "brick", "grass", "gravel", "coins", "moon", "hubble_deep_field", "immunohistochemistry", "retina", "cell",
+    "page", "text",
+)
+
 #: Default on-disk root for generated data sets (``datasets/`` at the repository root),
 #: overridable with the environment variable ``DCN_LESSONS_DATA``.
 def data_root() -> Path:
@@ -28,15 +37,16 @@ def photo(name: str = "camera", size: int | None = 128, gray: bool = True) -> np
     """A bundled scikit-image photo as float64 in [0, 1].
 
     Args:
-        name: one of :data:`PHOTOS`.
+        name: one of :data:`PHOTOS` or :data:`CLUTTER_PHOTOS`.
         size: the shorter side after down-sampling by block averaging (``None`` keeps the original).
         gray: convert RGB to luminance (ITU-R BT.601 weights).
 
     Returns:
-        ``[H, W]`` when ``gray`` else ``[H, W, 3]``, float64 in [0, 1].
+        ``[H, W]`` when ``gray`` or when the picture has no colour (camera, the textures, ...), else
+        ``[H, W, 3]``; float64 in [0, 1].
     """
-    if name not in PHOTOS:
-        raise ValueError(f"name: expected one of {PHOTOS}, got {name!r}")
+    if name not in CLUTTER_PHOTOS:
+        raise ValueError(f"name: expected one of {CLUTTER_PHOTOS}, got {name!r}")
     if size is not None and (not isinstance(size, int) or size < 8):
         raise ValueError(f"size: expected an int >= 8 or None, got {size!r}")
     import skimage.data
@@ -58,3 +68,21 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
     d = load_digits()
     return d.images.astype(np.float64) / 16.0, d.target.astype(np.int64)
+
+
+#: Fraction of the digits held out for testing by :func:`digit_split`.
+DIGIT_TEST_FRACTION = 0.3
+
+
+def digit_split(n_digits: int, split: str) -> np.ndarray:
+    """Sorted indices of the ``"train"`` (70 %) or ``"test"`` (30 %) part of a fixed split of ``n_digits`` digits.
+
+    The permutation is seeded once for all (seed 12345), whatever the caller's seed, so no digit is ever in
+    both parts: lesson 05 (``dcn_lessons.training``) trains and tests on it, and the capstone's synthetic set
+    draws its train split from the first part and its val and test splits from the second.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    perm = np.random.default_rng(12345).permutation(n_digits)
+    n_test = int(round(DIGIT_TEST_FRACTION * n_digits))
+    return np.sort(perm[n_test:] if split == "train" else perm[:n_test])

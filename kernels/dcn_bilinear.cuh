@@ -13,7 +13,7 @@
 //    is 0; otherwise y <= 0 is clamped to 0, the corners are floor(y) and floor(y)+1, and when
 //    floor(y) >= H-1 both corners are row H-1 (likewise x). Position gradient: the derivative of that rule
 //    with the floor held fixed, 0 in a clamped direction (y <= 0 or floor(y) >= H-1) and 0 outside
-//    (dcn_lessons.reference.roi._roi_bilinear). Used by roi_pool.cu.
+//    (dcn_lessons.reference.roi._roi_bilinear). Used by roi_align.cu.
 //
 // Both rules reduce to the same struct: four corner indices (-1 = off the map, reads 0), four weights and
 // the derivative of the weights with respect to y and x. value / scatter / position-gradient helpers below

@@ -4,7 +4,9 @@ One nvcc call compiles every file (each on its own, and the single inlined sourc
 supported architectures at once, with every ``__global__`` template instantiated for each of its element types
 (``ELEMENT_TYPES``: float and double everywhere, dcn_half and dcn_bfloat16 for the conv kernels) and warnings
 as errors. Skipped, with the reason shown, where nvcc is not installed. CUDA 13's nvcc no longer
-targets sm_70 (Volta): that architecture is then reported as skipped, not silently dropped.
+targets sm_70 (Volta): :func:`test_architecture_is_supported_by_this_nvcc` checks, from nvcc's release, which of
+the targets it must support, so an architecture is never dropped silently (sm_70 is compiled by NVRTC 12 in
+``test_cuda_nvrtc.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,22 @@ _GLOBAL = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
 def _supported() -> set[int]:
     out = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True)
     return {int(m) for m in re.findall(r"compute_(\d+)", out.stdout)}
+
+
+def _release() -> tuple[int, int]:
+    """nvcc's CUDA release, e.g. (13, 0), from ``nvcc --version``."""
+    out = subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    assert found, f"cannot read the CUDA release from nvcc --version:\n{out}"
+    return int(found.group(1)), int(found.group(2))
+
+
+def expected_support(arch: int, release: tuple[int, int]) -> bool:
+    """Whether the nvcc of CUDA ``release`` targets sm_``arch`` (NVIDIA's release notes): sm_70 from CUDA 9.0
+    until CUDA 13.0 dropped it; sm_80 from 11.0; sm_90 from 11.8."""
+    first = {70: (9, 0), 80: (11, 0), 90: (11, 8)}[arch]
+    last = {70: (12, 99)}.get(arch, (99, 99))
+    return first <= release <= last
 
 
 def _kernels_in(path: Path) -> list[str]:
@@ -75,7 +93,11 @@ def test_every_kernel_file_compiles(tmp_path):
 
 @pytest.mark.parametrize("arch", WANTED)
 def test_architecture_is_supported_by_this_nvcc(arch):
-    if arch not in _supported():
-        pytest.skip(f"sm_{arch}: this nvcc cannot target it (CUDA 13 dropped sm_70); test_cuda_nvrtc.py compiles "
-                    "sm_70 with NVRTC 12")
-    assert arch in _supported()
+    """This nvcc targets exactly the architectures its release should: a target missing where it should be there
+    (a broken install) or present where it should not (the table above is out of date) fails. Where this nvcc
+    cannot target sm_70 (CUDA 13), test_cuda_nvrtc.py compiles sm_70 with NVRTC 12."""
+    release = _release()
+    supported = arch in _supported()
+    assert supported == expected_support(arch, release), (
+        f"sm_{arch}: nvcc {release[0]}.{release[1]} {'targets' if supported else 'does not target'} it, "
+        f"expected the opposite (nvcc --list-gpu-arch: {sorted(_supported())})")

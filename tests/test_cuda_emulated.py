@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import warnings
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ import torch
 import dcn_lessons.cuda as dcuda
 from dcn_lessons.cuda import emulator
 from dcn_lessons.cuda.backend import EmulatedKernels
+from dcn_lessons.ops import deform_conv as ops_conv
 from dcn_lessons.reference import deform_conv as RC
 from dcn_lessons.reference import roi as RR
 
@@ -145,7 +148,7 @@ def _conv_case(case, dtype, offsets: str, rng):
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("modulated", [True, False])
 def test_deform_conv_kernels_match_reference(plain, fast, dtype, offsets, case, modulated):
-    rng = np.random.default_rng(hash((offsets, case[0], modulated)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((offsets, case[0], modulated)).encode()))
     x, off, mask, gcol, geo = _conv_case(case, dtype, offsets, rng)
     mask = mask if modulated else None
     # Ground truth in float64 from the float32-rounded inputs.
@@ -193,17 +196,25 @@ def test_far_outside_samples_are_zero_with_zero_gradient(plain):
     assert torch.count_nonzero(gi) == 0 and torch.count_nonzero(go) == 0
 
 
-def test_conv_backend_checks_arguments(plain):
+def test_kernel_arguments_are_checked_at_the_public_boundary():
+    """The kernels check nothing (a wrong shape would read out of bounds): the public primitives check their
+    arguments before any launch, whichever backend is asked for."""
     x = torch.zeros(2, 4, 5, 5, dtype=torch.float64)
+    emu = "cuda-emulated"
     with pytest.raises(ValueError, match=r"offset: expected shape \[N, 2\*offset_groups\*kh\*kw, Ho, Wo\]"):
-        plain.deform_im2col(x, torch.zeros(2, 18, 4, 5, dtype=torch.float64), None, 3, 1, 1, 1)
+        ops_conv.deform_im2col(x, torch.zeros(2, 18, 4, 5, dtype=torch.float64), None, 3, 1, 1, 1, backend=emu)
     with pytest.raises(TypeError, match="offset: expected dtype torch.float64"):
-        plain.deform_im2col(x, torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1)
-    with pytest.raises(TypeError, match="input: expected one of float32, float64, float16, bfloat16, got torch.int64"):
-        plain.deform_im2col(x.long(), torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1)
+        ops_conv.deform_im2col(x, torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1, backend=emu)
+    with pytest.raises(TypeError, match=r"input: expected a floating-point tensor \(.*\), got dtype torch.int64"):
+        ops_conv.deform_im2col(x.long(), torch.zeros(2, 18, 5, 5), None, 3, 1, 1, 1, backend=emu)
     with pytest.raises(ValueError, match=r"grad_columns: expected shape \[N, C\*kh\*kw, Ho\*Wo\] = \[2, 36, 25\]"):
-        plain.deform_col2im(torch.zeros(2, 36, 24, dtype=torch.float64), torch.zeros(2, 18, 5, 5,
-                            dtype=torch.float64), None, x.shape, 3, 1, 1, 1)
+        ops_conv.deform_col2im(torch.zeros(2, 36, 24, dtype=torch.float64), torch.zeros(2, 18, 5, 5,
+                               dtype=torch.float64), None, x.shape, 3, 1, 1, 1, backend=emu)
+    with pytest.raises(ValueError, match="input: backend cuda-emulated runs on cpu tensors, got device meta"):
+        ops_conv.deform_im2col(x.to("meta"), torch.zeros(2, 18, 5, 5, dtype=torch.float64, device="meta"), None, 3,
+                               1, 1, 1, backend=emu)
+    with pytest.raises(ValueError, match="backend: expected one of tensor, cpu-numba, cuda, cuda-emulated"):
+        ops_conv.deform_im2col(x, torch.zeros(2, 18, 5, 5, dtype=torch.float64), None, 3, 1, 1, 1, backend="gpu")
 
 
 # 16-bit storage, float32 compute: every value the kernels store is the float64 result on the same 16-bit
@@ -339,23 +350,24 @@ def test_roi_kernels_match_reference(plain, dtype, kind, exact, ratio):
     assert torch.count_nonzero(out[3]) == 0
 
 
-def test_roi_backend_checks_arguments(plain):
+def test_roi_arguments_are_checked_before_the_kernels(monkeypatch):
+    """With the kernels forced, bad RoI arguments are refused by the public functions (the kernels would read
+    out of bounds); K = 0 launches nothing."""
+    from dcn_lessons import backends
+    import dcn_lessons.ops as ops
+
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "cuda-emulated")
     x = torch.zeros(1, 4, 5, 5, dtype=torch.float64)
     rois = torch.tensor([[0, 0, 0, 3, 3.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="kind: expected one of"):
-        plain.roi_forward("roi_pool", x, rois, None, None, 2, 1.0, 0, 0.1)
+        backends.roi_kind("roi_pool")
     with pytest.raises(ValueError, match=r"offset: expected shape \[K, 2, ph, pw\] = \[1, 2, 2, 2\]"):
-        plain.roi_forward("deform_roi_pool", x, rois, torch.zeros(1, 2, 2, 3, dtype=torch.float64), None, 2, 1.0,
-                          0, 0.1)
-    with pytest.raises(ValueError, match="batch index"):
-        plain.roi_forward("roi_align", x, torch.tensor([[1, 0, 0, 3, 3.0]], dtype=torch.float64), None, None, 2,
-                          1.0, 0, 0.1)
-    with pytest.raises(ValueError, match="not divisible by ph\\*pw=9"):
-        plain.roi_forward("ps_roi_align", x, rois, None, None, 3, 1.0, 0, 0.1)
-    with pytest.raises(ValueError, match="mask: only deform_roi_pool"):
-        plain.roi_forward("deform_ps_roi_pool", x, rois, None, torch.zeros(1, 1, 2, 2, dtype=torch.float64),
-                          2, 1.0, 0, 0.1)
-    empty = plain.roi_forward("roi_align", x, torch.zeros(0, 5, dtype=torch.float64), None, None, 2, 1.0, 0, 0.1)
+        ops.deform_roi_pool(x, rois, torch.zeros(1, 2, 2, 3, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match=r"boxes: row 0 has batch index 1\.0; expected an integer in \[0, 0\]"):
+        ops.roi_align(x, torch.tensor([[1, 0, 0, 3, 3.0]], dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match=r"input: channels C=4 not divisible by ph\*pw=9"):
+        ops.ps_roi_align(x, rois, 3)
+    empty = ops.roi_align(x, torch.zeros(0, 5, dtype=torch.float64), 2)
     assert empty.shape == (0, 4, 2, 2)
 
 
@@ -363,19 +375,30 @@ def test_roi_backend_checks_arguments(plain):
 
 class _FakeCudaTensor:
     is_cuda = True
+    dtype = torch.float32
 
     class device:  # noqa: N801
         index = 0
         type = "cuda"
 
 
-def test_kernels_for_contract(monkeypatch):
-    assert dcuda.kernels_for(torch.zeros(2)) is None  # CPU tensor: tensor path
+def test_kernels_for_and_the_backend_switch(monkeypatch):
+    from dcn_lessons import backends
+
+    assert dcuda.kernels_for(torch.zeros(2)) is None  # CPU tensor: never the CUDA kernels
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "tensor")
+    assert backends.select(_FakeCudaTensor()).name == "tensor"  # forced: no attempt at the kernels
     monkeypatch.setenv("DCN_LESSONS_BACKEND", "torch")
-    assert dcuda.kernels_for(_FakeCudaTensor()) is None
+    with pytest.raises(ValueError, match="DCN_LESSONS_BACKEND='torch'.*now called 'tensor'"):
+        backends.select(_FakeCudaTensor())
     monkeypatch.setenv("DCN_LESSONS_BACKEND", "sometimes")
     with pytest.raises(ValueError, match="DCN_LESSONS_BACKEND"):
-        dcuda.kernels_for(_FakeCudaTensor())
+        backends.select(_FakeCudaTensor())
+    monkeypatch.delenv("DCN_LESSONS_BACKEND")
+    monkeypatch.setenv("DCN_LESSONS_CPU_FAST", "0")  # a retired switch is an error that names its replacement
+    with pytest.raises(ValueError, match="DCN_LESSONS_CPU_FAST is no longer read: use DCN_LESSONS_BACKEND=tensor"):
+        backends.select(torch.zeros(1))
+    monkeypatch.delenv("DCN_LESSONS_CPU_FAST")
     try:
         import cupy  # noqa: F401
     except ImportError:
@@ -383,15 +406,14 @@ def test_kernels_for_contract(monkeypatch):
     else:
         pytest.skip("CuPy is installed here: the no-CuPy fallback cannot be observed")
     dcuda._reset_for_tests()
-    monkeypatch.setenv("DCN_LESSONS_BACKEND", "")
     with pytest.warns(RuntimeWarning, match="CuPy is not installed"):
-        assert dcuda.kernels_for(_FakeCudaTensor()) is None
+        assert backends.select(_FakeCudaTensor()).name == "tensor"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second call is silent: warned once
         assert dcuda.kernels_for(_FakeCudaTensor()) is None
     monkeypatch.setenv("DCN_LESSONS_BACKEND", "cuda")
     with pytest.raises(dcuda.CudaBackendUnavailable, match="CuPy is not installed"):
-        dcuda.kernels_for(_FakeCudaTensor())
+        backends.select(_FakeCudaTensor())
     dcuda._reset_for_tests()
 
 
@@ -426,12 +448,12 @@ def test_kernels_dir_env_override(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("variant", [("plain", "separate"), ("grouped", "fused")])
 def test_torch_ops_run_end_to_end_on_the_emulated_kernels(monkeypatch, variant):
-    """dcn_lessons.ops with kernels_for patched to hand out the emulated backend for CPU tensors: the same
-    calls the CUDA backend gets on a GPU; results and gradients equal the tensor path's."""
-    from dcn_lessons.ops import deform_conv as ops_conv
-    from dcn_lessons.ops import roi as ops_roi
+    """dcn_lessons.ops on the emulated backend (DCN_LESSONS_BACKEND=cuda-emulated, in the kernel variant under
+    test): the same calls the CUDA backend gets on a GPU; results and gradients equal the tensor path's."""
+    import dcn_lessons.ops as ops_roi
 
-    monkeypatch.setenv("DCN_LESSONS_CPU_FAST", "0")
+
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "tensor")
     emu = dcuda.emulated_kernels(*variant)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)
@@ -455,20 +477,16 @@ def test_torch_ops_run_end_to_end_on_the_emulated_kernels(monkeypatch, variant):
         return [y.detach(), r1.detach(), r2.detach()] + [t.grad for t in leaves]
 
     want = run()
-    calls = []
-
-    def fake_kernels_for(t):
-        calls.append(t.shape)
-        return emu
-
-    fused_calls, roi_calls = [], []
-    real_fused, real_roi = emu.deform_col2im_fused, emu.roi_backward
+    calls, fused_calls, roi_calls = [], [], []
+    real_im2col, real_fused, real_roi = emu.deform_im2col, emu.deform_col2im_fused, emu.roi_backward
+    monkeypatch.setattr(emu, "deform_im2col", lambda *a: calls.append(1) or real_im2col(*a))
     monkeypatch.setattr(emu, "deform_col2im_fused", lambda *a: fused_calls.append(1) or real_fused(*a))
-    monkeypatch.setattr(emu, "roi_backward", lambda *a: roi_calls.append(a[0]) or real_roi(*a))
-    monkeypatch.setattr(dcuda, "kernels_for", fake_kernels_for)
+    monkeypatch.setattr(emu, "roi_backward", lambda *a: roi_calls.append(a[0].name) or real_roi(*a))
+    monkeypatch.setattr(dcuda, "emulated_kernels", lambda *a, **k: emu)
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "cuda-emulated")
     got = run()
-    assert calls, "the operators never asked kernels_for: nothing was tested"
-    assert bool(fused_calls) == (variant[1] == "fused"), "the autograd Function did not use the chosen backward"
+    assert calls, "the operators never reached the kernels: nothing was tested"
+    assert bool(fused_calls) == (variant[1] == "fused"), "the operator did not use the chosen backward"
     assert sorted(roi_calls) == ["deform_roi_pool", "ps_roi_align"], "the RoI ops did not run on the kernels"
     for i, (a, e) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=f"result {i}")
@@ -476,13 +494,13 @@ def test_torch_ops_run_end_to_end_on_the_emulated_kernels(monkeypatch, variant):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_16bit_tensors_take_the_conv_kernels_and_the_roi_tensor_path(monkeypatch, dtype):
-    """A float16/bfloat16 "CUDA" tensor (a CPU tensor, kernels_for patched as above): deform_conv2d runs on the
-    16-bit kernels and agrees with float64 to 16-bit precision; the RoI ops, which have no 16-bit kernels, run
-    on the tensor path instead of failing."""
-    from dcn_lessons.ops import deform_conv as ops_conv
-    from dcn_lessons.ops import roi as ops_roi
+    """float16/bfloat16 tensors on the kernel backend (emulated, as above): deform_conv2d runs on the 16-bit
+    kernels and agrees with float64 to 16-bit precision; the RoI ops, which have no 16-bit kernels, run on the
+    tensor path instead of failing."""
+    import dcn_lessons.ops as ops_roi
 
-    monkeypatch.setenv("DCN_LESSONS_CPU_FAST", "0")
+
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "tensor")
     emu = dcuda.emulated_kernels()
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 4, 5, 6, generator=g).to(dtype)
@@ -502,7 +520,7 @@ def test_16bit_tensors_take_the_conv_kernels_and_the_roi_tensor_path(monkeypatch
     used = []
     real = emu.deform_im2col
     monkeypatch.setattr(emu, "deform_im2col", lambda *a: used.append(a[0].dtype) or real(*a))
-    monkeypatch.setattr(dcuda, "kernels_for", lambda t: emu)
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "cuda-emulated")
     got = grads([x, off, mask, w])
     assert used and set(used) == {dtype}, "deform_conv2d did not run on the 16-bit kernels"
     tol = 2e-2 if dtype == torch.float16 else 8e-2
@@ -561,6 +579,7 @@ def test_build_and_definition_the_lesson_helpers():
 def test_atomic_backwards_follow_use_deterministic_algorithms(plain, monkeypatch):
     """On a GPU the atomicAdd backwards are not bit-reproducible: under torch.use_deterministic_algorithms(True)
     they raise (warn with warn_only=True), as PyTorch's own such ops do. The emulator's order is fixed."""
+    torch.manual_seed(17)
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     off = torch.randn(1, 18, 4, 4, dtype=torch.float64)
     g = torch.randn(1, 18, 16, dtype=torch.float64)

@@ -20,7 +20,8 @@ except Exception as exc:  # ImportError, or a CUDA-version mismatch raised at im
 import dcn_lessons.cuda as dcuda  # noqa: E402
 from dcn_lessons.cuda.backend import NVRTC_OPTIONS, CupyKernels  # noqa: E402
 from dcn_lessons.ops import deform_conv as ops_conv  # noqa: E402
-from dcn_lessons.ops import roi as ops_roi  # noqa: E402
+import dcn_lessons.ops as ops_roi  # noqa: E402
+from dcn_lessons import backends as B  # noqa: E402
 from dcn_lessons.reference import deform_conv as RC  # noqa: E402
 from dcn_lessons.reference import roi as RR  # noqa: E402
 
@@ -49,8 +50,9 @@ def test_kernels_for_returns_the_cuda_backend(monkeypatch):
     k = dcuda.kernels_for(torch.zeros(1, device=DEV))
     assert isinstance(k, CupyKernels)
     assert dcuda.kernels_for(torch.zeros(1, device=DEV)) is k  # cached per device
-    monkeypatch.setenv("DCN_LESSONS_BACKEND", "torch")
-    assert dcuda.kernels_for(torch.zeros(1, device=DEV)) is None
+    assert B.select(torch.zeros(1, device=DEV)) is k and B.select(torch.zeros(1, device=DEV), "roi") is k
+    monkeypatch.setenv("DCN_LESSONS_BACKEND", "tensor")
+    assert B.select(torch.zeros(1, device=DEV)).name == "tensor"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -73,7 +75,7 @@ def test_conv_kernels_match_reference_and_tensor_path(backends, dtype, modulated
     go, gm = RC.deform_col2im_coord(up(gcol), up(x), up(off), up(mask), *geo)
     d = lambda a: None if a is None else torch.from_numpy(a).to(DEV)  # noqa: E731
     tol = _tol(dtype)
-    tensor_cols = ops_conv.deform_im2col(d(x), d(off), d(mask), *geo)
+    tensor_cols = ops_conv.deform_im2col(d(x), d(off), d(mask), *geo, backend="tensor")
     for be in backends:
         got = be.deform_im2col(d(x), d(off), d(mask), *geo)
         np.testing.assert_allclose(got.cpu().numpy(), cols, **tol)
@@ -135,7 +137,7 @@ def test_16bit_deform_conv2d_runs_on_the_kernels(monkeypatch, dtype, variant):
     x, off = torch.randn(2, 8, 12, 13, generator=g), torch.randn(2, 18, 12, 13, generator=g)
     w = torch.randn(4, 8, 3, 3, generator=g) / 8
     mask = torch.rand(2, 9, 12, 13, generator=g)
-    assert ops_conv.active_backend(x.to(DEV, dtype)) == "CupyKernels"
+    assert ops_conv.active_backend(x.to(DEV, dtype)) == "cuda"
 
     def run(dt):
         leaves = [t.to(DEV, dt).requires_grad_() for t in (x, off, w, mask)]
@@ -190,7 +192,8 @@ def test_roi_kernels_match_reference(backends, dtype, kind):
     grads = be.roi_backward(bkind, d(go), d(x), d(rois), d(off), d(mask), size, scale, ratio, gamma)
     for got, exp in zip(grads, want[1]):
         np.testing.assert_allclose(got.cpu().double().numpy(), exp, **tol)
-    tensor_out = ops_roi._forward_torch(bkind, d(x), d(rois), d(off), d(mask), size, scale, ratio, gamma)
+    tensor_out = B.get("tensor").roi_forward(B.roi_kind(bkind), d(x), d(rois), d(off), d(mask), size, scale, ratio,
+                                             gamma)
     torch.testing.assert_close(out, tensor_out, **tol)
 
 

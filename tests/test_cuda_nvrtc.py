@@ -30,7 +30,7 @@ _KNOWN_NOTE = re.compile(r"nvrtc: warning: Architectures prior to '<compute/sm>_
 def test_name_expressions_cover_every_kernel_and_element_type():
     names = all_name_expressions()
     assert len(names) == len(set(names)) == sum(len(ELEMENT_TYPES[k]) for k in SIGNATURES)
-    assert "deform_col2im_fused_kernel<dcn_bfloat16>" in names and "roi_pool_forward_kernel<double>" in names
+    assert "deform_col2im_fused_kernel<dcn_bfloat16>" in names and "roi_align_forward_kernel<double>" in names
     assert not any(n.startswith("roi_") and "dcn_" in n for n in names)  # RoI kernels: float and double only
 
 

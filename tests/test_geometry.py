@@ -33,10 +33,13 @@ def test_rotation_by_90_degrees_maps_rows_to_columns():
 
 
 def test_constant_offset_field_layout():
-    off = np.array([[1.0, 2.0]] * 9)
+    off = np.stack([np.arange(9.0), 10.0 + np.arange(9.0)], axis=1)  # point k: (Δy, Δx) = (k, 10 + k), all distinct
     f = constant_offset_field(off, 2, 3, 4)
     assert f.shape == (2, 18, 3, 4)
-    assert (f[:, 0::2] == 1.0).all() and (f[:, 1::2] == 2.0).all()  # channel 2k is Δy, 2k+1 is Δx
+    for k in range(9):  # channel 2k is Δy and 2k+1 is Δx of kernel point k, at every location
+        assert (f[:, 2 * k] == k).all() and (f[:, 2 * k + 1] == 10.0 + k).all(), k
+    with pytest.raises(ValueError, match=r"offsets: expected shape \[K, 2\], got \[9, 3\]"):
+        constant_offset_field(np.zeros((9, 3)), 1, 2, 2)
 
 
 def test_photo_and_flags(monkeypatch):

@@ -60,7 +60,7 @@ def test_position_gradient_is_the_forward_difference_at_an_integer():
 @pytest.mark.parametrize("args, exc, word", [
     ((torch.zeros(1, 1, 3, 3), torch.zeros(2), torch.zeros(2)), ValueError, "input"),
     ((torch.zeros(3, 3), torch.zeros(2), torch.zeros(3)), ValueError, "px"),
-    ((torch.zeros(3, 3), torch.tensor([float("nan")]), torch.zeros(1)), ValueError, "finite"),
+    ((torch.zeros(3, 3), torch.tensor([float("nan")]), torch.zeros(1)), ValueError, "py, px: expected finite"),
     ((torch.zeros(3, 3), torch.zeros(2, dtype=torch.float64), torch.zeros(2)), TypeError, "py"),
     ((torch.zeros(3, 3, dtype=torch.int64), torch.zeros(2), torch.zeros(2)), TypeError, "input"),
     ((np.zeros((3, 3)), torch.zeros(2), torch.zeros(2)), TypeError, "input"),

@@ -169,7 +169,8 @@ def test_roi_align_single_sample_follows_the_roi_rule():
 
 
 def test_ps_roi_align_matches_brute_force():
-    xp = RNG.standard_normal((2, 2 * PH * PW, H, W))
+    rng = np.random.default_rng(100)  # its own draws: the same data whichever tests ran before
+    xp = rng.standard_normal((2, 2 * PH * PW, H, W))
     for sr in (-1, 2):
         got = R.ps_roi_align(xp, ROIS, (PH, PW), SCALE, sr)
         np.testing.assert_allclose(got, brute_pool(xp, ROIS, PH, PW, SCALE, sr, ps=True), atol=1e-12)
@@ -193,7 +194,8 @@ def test_modulated_deform_roi_pool_matches_brute_force():
 
 
 def test_deform_ps_roi_pool_matches_brute_force():
-    xp = RNG.standard_normal((2, 2 * PH * PW, H, W))
+    rng = np.random.default_rng(101)  # its own draws: the same data whichever tests ran before
+    xp = rng.standard_normal((2, 2 * PH * PW, H, W))
     got = R.deform_ps_roi_pool(xp, ROIS, OFFSET, (PH, PW), SCALE, 0, 0.3)
     want = brute_pool(xp, ROIS, PH, PW, SCALE, 0, offset=OFFSET, gamma=0.3, ps=True)
     np.testing.assert_allclose(got, want, atol=1e-12)
@@ -213,6 +215,7 @@ def test_roi_pool_matches_brute_force(mode):
 
 
 def test_zero_offsets_and_unit_mask_reduce_to_the_plain_ops():
+    rng = np.random.default_rng(102)  # its own draws: the same data whichever tests ran before
     base = R.roi_align(X, ROIS, (PH, PW), SCALE, 0, aligned=True)
     zero = np.zeros((3, 2, PH, PW))
     np.testing.assert_allclose(R.deform_roi_pool(X, ROIS, zero, (PH, PW), SCALE), base, atol=1e-15)
@@ -224,7 +227,7 @@ def test_zero_offsets_and_unit_mask_reduce_to_the_plain_ops():
     np.testing.assert_allclose(
         R.modulated_deform_roi_pool(X, ROIS, None, MASK, (PH, PW), SCALE), base * MASK, atol=1e-15
     )
-    xp = RNG.standard_normal((2, 2 * PH * PW, H, W))
+    xp = rng.standard_normal((2, 2 * PH * PW, H, W))
     np.testing.assert_allclose(
         R.deform_ps_roi_pool(xp, ROIS, zero, (PH, PW), SCALE, -1), R.ps_roi_align(xp, ROIS, (PH, PW), SCALE, -1),
         atol=1e-15,
@@ -267,13 +270,15 @@ def test_normalised_offsets_scale_with_the_roi():
     ],
 )
 def test_empty_rois(call):
-    x = RNG.standard_normal((1, 12, 4, 4))
+    rng = np.random.default_rng(103)  # its own draws: the same data whichever tests ran before
+    x = rng.standard_normal((1, 12, 4, 4))
     out = call(x, np.zeros((0, 5)), np.zeros((0, 2, 2, 3)), np.zeros((0, 1, 2, 3)))
     assert out.shape[0] == 0 and out.shape[2:] == (2, 3)
 
 
 def test_empty_rois_backward():
-    x = RNG.standard_normal((1, 12, 4, 4))
+    rng = np.random.default_rng(104)  # its own draws: the same data whichever tests ran before
+    x = rng.standard_normal((1, 12, 4, 4))
     r0, o0, m0 = np.zeros((0, 5)), np.zeros((0, 2, 2, 3)), np.zeros((0, 1, 2, 3))
     g = R.modulated_deform_roi_pool_backward(np.zeros((0, 12, 2, 3)), x, r0, o0, m0, (2, 3))
     assert np.all(g.input == 0) and g.input.shape == x.shape
@@ -286,7 +291,8 @@ def test_empty_rois_backward():
 
 
 def test_zero_size_roi_pools_to_zero_under_adaptive_sampling():
-    x = RNG.standard_normal((1, 4, 5, 5)) + 10.0
+    rng = np.random.default_rng(105)  # its own draws: the same data whichever tests ran before
+    x = rng.standard_normal((1, 4, 5, 5)) + 10.0
     flat = np.array([[0, 1.0, 1.0, 1.0, 3.0]])  # zero width: ceil(0/pw) = 0 samples per row
     assert np.all(R.roi_align(x, flat, 2, sampling_ratio=0) == 0.0)
     assert np.all(R.ps_roi_align(x, flat, 2, sampling_ratio=0) == 0.0)  # torchvision gives NaN here
@@ -321,8 +327,9 @@ def test_roi_pool_max_backward_routes_to_the_first_maximum():
 
 def test_offsets_from_a_ps_pooled_offset_map():
     """DCNv1 §2.2: offsets = PS RoI pooling of a 2*ph*pw-channel conv branch, then deformable PS pooling."""
+    rng = np.random.default_rng(106)  # its own draws: the same data whichever tests ran before
     ph, pw = 2, 2
-    vals = RNG.uniform(-0.5, 0.5, size=(2, ph, pw))  # (x/y, i, j)
+    vals = rng.uniform(-0.5, 0.5, size=(2, ph, pw))  # (x/y, i, j)
     offset_map = np.zeros((1, 2 * ph * pw, 6, 6))
     for c in range(2):
         for i in range(ph):
@@ -332,7 +339,7 @@ def test_offsets_from_a_ps_pooled_offset_map():
     offset = R.ps_roi_align(offset_map, rois, (ph, pw))
     assert offset.shape == (2, 2, ph, pw)
     np.testing.assert_allclose(offset, np.broadcast_to(vals, (2, 2, ph, pw)), atol=1e-12)
-    scores = RNG.standard_normal((1, 3 * ph * pw, 6, 6))
+    scores = rng.standard_normal((1, 3 * ph * pw, 6, 6))
     out = R.deform_ps_roi_pool(scores, rois, offset, (ph, pw))
     want = brute_pool(scores, rois, ph, pw, 1.0, 0, offset=np.broadcast_to(vals, (2, 2, ph, pw)), ps=True)
     np.testing.assert_allclose(out, want, atol=1e-12)
@@ -441,25 +448,30 @@ def test_deform_ps_roi_pool_backward_fd():
 
 
 def test_offset_gradient_is_zero_in_the_clamped_direction():
-    # One sample at y = -0.5 (clamped to row 0), x = 1.3: d/dy must be 0, d/dx must not.
-    img = RNG.standard_normal((1, 1, 4, 4))
-    roi = np.array([[0, 1.8, 0.0, 1.8, 0.0]])  # zero size, sample at (-0.5, 1.3)
-    g = R.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), img, roi, np.zeros((1, 2, 1, 1)), 1, 1.0, 1)
-    assert g.offset[0, 1, 0, 0] == 0.0  # y clamped (and h = 0 anyway)
-    roi = np.array([[0, 1.8, 0.0, 1.8, 1.0]])  # h = 1, w = 0: unshifted sample at (0.0, 1.3)
-    g = R.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), img, roi, np.full((1, 2, 1, 1), -3.0), 1, 1.0, 1, 0.1)
-    # sample y = -0.5 + 0.5 - 0.3 = -0.3 in the clamp region; x = 1.3 (w = 0, so x does not move)
-    assert g.offset[0, 1, 0, 0] == 0.0
-    roi = np.array([[0, 1.8, 0.0, 2.8, 1.0]])  # w = h = 1; sample at (0.5 - 0.5 - 0.3, 1.8 - 0.3) = (-0.3, 1.5)
-    g = R.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), img, roi, np.full((1, 2, 1, 1), -3.0), 1, 1.0, 1, 0.1)
-    assert g.offset[0, 1, 0, 0] == 0.0
-    assert g.offset[0, 0, 0, 0] == pytest.approx(0.1 * (img[0, 0, 0, 2] - img[0, 0, 0, 1]))
+    """A sample in a clamp band (-1 <= y <= 0, or floor(y) >= H-1) does not move with y: its y-offset gradient is
+    0 and its x-offset gradient that of the clamped row; both equal central differences (the band is flat in y).
+    At the top and at the bottom of the map, with w = h = 1, so that both offsets do move the sample."""
+    rng = np.random.default_rng(107)  # its own draws: the same data whichever tests ran before
+    img = rng.standard_normal((1, 1, 4, 4))  # H = W = 4
+    cases = {  # RoI (w = h = 1), normalised offset (x, y) with γ = 0.1, the sample (y, x) it gives, clamped row
+        "top": ([0, 1.8, 0.0, 2.8, 1.0], (-3.0, -3.0), (-0.3, 1.5), 0),
+        "bottom": ([0, 1.8, 3.0, 2.8, 4.0], (-3.0, 5.0), (3.5, 1.5), 3),
+    }
+    for where, (box, (ox, oy), sample, row) in cases.items():
+        roi, off = np.array([box]), np.array([ox, oy]).reshape(1, 2, 1, 1)
+        assert np.allclose(brute_positions(roi[0], 0, 0, 1, 1, 1.0, 1, True, (ox, oy), 0.1)[0], [sample]), where
+        g = R.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), img, roi, off, 1, 1.0, 1, 0.1).offset
+        fd = central_diff(lambda o: float(R.deform_roi_pool(img, roi, o, 1, 1.0, 1, 0.1).sum()), off.copy())
+        assert g[0, 1, 0, 0] == 0.0 and fd[0, 1, 0, 0] == pytest.approx(0.0, abs=1e-9), where  # y is clamped
+        want_dx = 0.1 * (img[0, 0, row, 2] - img[0, 0, row, 1])  # γ·w·(x(row, 2) - x(row, 1)): x in (1, 2)
+        assert g[0, 0, 0, 0] == pytest.approx(want_dx) and fd[0, 0, 0, 0] == pytest.approx(want_dx, abs=1e-8), where
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
 def test_roi_pool_backward_fd(mode):
-    x = RNG.permutation(2 * 2 * H * W).reshape(2, 2, H, W) / 7.0  # distinct values: unique maxima
-    go = RNG.standard_normal((3, 2, PH, PW))
+    rng = np.random.default_rng(108)  # its own draws: the same data whichever tests ran before
+    x = rng.permutation(2 * 2 * H * W).reshape(2, 2, H, W) / 7.0  # distinct values: unique maxima
+    go = rng.standard_normal((3, 2, PH, PW))
     g = R.roi_pool_backward(go, x, ROIS, (PH, PW), SCALE, mode)
     fd = central_diff(lambda v: float((R.roi_pool(v, ROIS, (PH, PW), SCALE, mode) * go).sum()), x.copy())
     np.testing.assert_allclose(g, fd, atol=1e-7)
@@ -550,7 +562,7 @@ def test_validators_read_only_shape():
         V.check_roi_offset(Fake((7, 2, 3)), 7, (3, 3), check_values=False)
     assert V.check_ps_channels(18, (3, 3)) == 2
     assert V.normalize_output_size([2, 3]) == (2, 3)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"output_size: expected an int or a pair of ints"):
         V.normalize_output_size(True)
 
 

@@ -63,8 +63,10 @@ def test_optional_cuda_extras():
 def test_readme_gives_two_commands_and_every_lesson():
     readme = (REPO / "README.md").read_text()
     assert "make lab" in readme and "make test" in readme
-    ci = (REPO / ".ci" / "run").read_text()
-    assert ci.strip().splitlines()[-1] == "make test", ".ci/run must end by running the README's test command"
+    ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert "make test" in ci, ".ci/run must run the README's test command"
+    assert "make peer" in ci[ci.index("make test"):], ".ci/run must run the torchvision peer check after the tests"
+    assert "make mutants" in ci[ci.index("make test"):], ".ci/run must run the mutation check after the tests"
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         assert nb.name in readme, f"README's lesson table does not link {nb.name}"
 

@@ -1,29 +1,27 @@
 """CUDA tier: CuPy RawModule glue for ``kernels/`` and a CPU emulator of the same source.
 
-Contract used by :mod:`dcn_lessons.ops` (the PyTorch tier):
+The two backends of :mod:`dcn_lessons.backends` that run ``kernels/`` (see ``backend.py``):
 
-``kernels_for(tensor)`` returns ``None`` for a CPU tensor, or when the environment variable
-``DCN_LESSONS_BACKEND=torch`` forces the tensor path; for a CUDA tensor it returns an object
-whose methods are the CUDA versions of the tensor path's primitives (see ``backend.py``), or
-``None`` with a one-time warning when CuPy cannot be used (``DCN_LESSONS_BACKEND=cuda`` makes
-that an error instead). Which kernels it uses: :func:`set_kernel_variant` (the plain im2col and the separate
-backward kernels by default; "grouped"/"fused" are the variants that share work across channels).
+* ``cuda`` -- :func:`kernels_for` returns, for a CUDA tensor, the :class:`~.backend.CupyKernels` of its device
+  (built once and cached), or ``None`` with a one-time warning when CuPy cannot be used (an error instead when
+  the backend is forced, ``DCN_LESSONS_BACKEND=cuda``); ``None`` for a CPU tensor. Which kernels it uses:
+  :func:`set_kernel_variant` (the plain im2col and the separate backward kernels by default; "grouped"/"fused"
+  are the variants that share work across channels).
+* ``cuda-emulated`` -- :func:`emulated_kernels` returns the same methods for CPU tensors, running the very same
+  kernel source through the g++ emulator (:mod:`.emulator`): tests and lesson 06 use it without a GPU.
 
-The backend methods (same arguments and results as the tensor path; :class:`~.backend.KernelBackend`):
-``deform_im2col``, ``deform_col2im``, ``deform_col2im_coord`` (plus ``deform_col2im_fused``), ``roi_forward``
-and ``roi_backward``. :func:`emulated_kernels` returns the same object for CPU tensors, running the very same
-kernel source through the g++ emulator (:mod:`.emulator`): tests and lesson 06 use it without a GPU.
+Their methods follow the backend contract (:class:`dcn_lessons.backends.Backend`) and check nothing: call them
+through the public functions of :mod:`dcn_lessons.ops` (``backend="cuda-emulated"`` picks one explicitly).
 """
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ._source import definition, kernels_dir
 
-__all__ = ["kernels_for", "emulated_kernels", "backend_mode", "kernels_dir", "CudaBackendUnavailable",
+__all__ = ["kernels_for", "emulated_kernels", "kernels_dir", "CudaBackendUnavailable",
            "set_kernel_variant", "kernel_variant", "gpu_status", "build", "definition"]
 
 _LOCK = threading.Lock()
@@ -34,16 +32,8 @@ _VARIANT = {"im2col": "plain", "backward": "separate"}
 
 
 class CudaBackendUnavailable(RuntimeError):
-    """Raised by :func:`kernels_for` under ``DCN_LESSONS_BACKEND=cuda`` when the kernels cannot be used."""
-
-
-def backend_mode() -> str:
-    """``DCN_LESSONS_BACKEND``: "auto" (unset/empty), "torch" or "cuda"; ValueError for anything else."""
-    raw = os.environ.get("DCN_LESSONS_BACKEND", "").strip().lower()
-    mode = raw or "auto"
-    if mode not in ("auto", "torch", "cuda"):
-        raise ValueError(f"environment variable DCN_LESSONS_BACKEND={raw!r}: expected auto, torch or cuda")
-    return mode
+    """Raised by :func:`kernels_for` when the ``cuda`` backend is forced (``DCN_LESSONS_BACKEND=cuda``) and the
+    kernels cannot be used."""
 
 
 def set_kernel_variant(im2col: str = "plain", backward: str = "separate") -> None:
@@ -76,18 +66,15 @@ def _device_index(tensor: Any) -> int:
     return int(index)
 
 
-def kernels_for(tensor: Any) -> Optional[Any]:
-    """The CUDA kernel backend for ``tensor``'s device, or None to use the tensor path.
+def kernels_for(tensor: Any, forced: bool = False) -> Optional[Any]:
+    """The ``cuda`` backend for ``tensor``'s device, or None to use the tensor path.
 
-    None for a CPU tensor or under ``DCN_LESSONS_BACKEND=torch``. For a CUDA tensor: a
-    :class:`~.backend.CupyKernels` (one per device, built once and cached) when CuPy imports and the kernels
-    compile; otherwise None after a one-time warning that says why (under ``DCN_LESSONS_BACKEND=cuda``:
-    :class:`CudaBackendUnavailable` instead). A failure is remembered, so it is not retried on every call.
+    None for a CPU tensor. For a CUDA tensor: a :class:`~.backend.CupyKernels` (one per device and kernel
+    variant, built once and cached) when CuPy imports and the kernels compile; otherwise None after a one-time
+    warning that says why (with ``forced``, as under ``DCN_LESSONS_BACKEND=cuda``: :class:`CudaBackendUnavailable`
+    instead). A failure is remembered, so it is not retried on every call.
     """
     if not getattr(tensor, "is_cuda", False):
-        return None
-    mode = backend_mode()
-    if mode == "torch":
         return None
     index = _device_index(tensor)
     key = (index, _VARIANT["im2col"], _VARIANT["backward"])
@@ -108,8 +95,8 @@ def kernels_for(tensor: Any) -> Optional[Any]:
                 )
         found = _BACKENDS[key]
     if isinstance(found, CudaBackendUnavailable):
-        if mode == "cuda":
-            raise CudaBackendUnavailable(f"DCN_LESSONS_BACKEND=cuda but {found}") from found
+        if forced:
+            raise CudaBackendUnavailable(f"backend cuda forced (DCN_LESSONS_BACKEND=cuda) but {found}") from found
         message = str(found)
         if message not in _WARNED:
             _WARNED.add(message)

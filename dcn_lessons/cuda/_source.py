@@ -1,7 +1,7 @@
 """Where the kernel source lives, how it is assembled, and the signature of every kernel.
 
-The kernels sit in ``kernels/`` at the repository root, next to the ``dcn_lessons`` package (installed
-editable), or wherever the environment variable ``DCN_LESSONS_KERNELS`` points. :func:`kernel_source` inlines
+The kernels sit in ``kernels/`` at the repository root, next to the ``dcn_lessons`` package; a wheel carries a
+copy inside the package (see :func:`kernels_dir`). :func:`kernel_source` inlines
 the local ``#include "..."`` files once each, so one string holds everything: CuPy's compile cache (keyed on
 the source text) and the emulator's cache (a hash of the text) both notice any edit of any file.
 
@@ -13,7 +13,6 @@ pass a Python float as a double), the emulator to generate its launchers.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ __all__ = ["kernels_dir", "kernel_source", "definition", "SIGNATURES", "ELEMENT_
            "c_type", "ACCUMULATE"]
 
 #: The kernel files the backend loads, in order.
-KERNEL_FILES: tuple[str, ...] = ("deform_conv.cu", "roi_pool.cu")
+KERNEL_FILES: tuple[str, ...] = ("deform_conv.cu", "roi_align.cu")
 
 _CONV = ["int64"] * 14  # C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, G
 _ROI = ["int64"] * 6 + ["T", "int64", "T", "int32"]  # C_in, H, W, C_out, ph, pw, scale, ratio, gamma, ps
@@ -36,9 +35,9 @@ SIGNATURES: dict[str, list[str]] = {
                                    "int32"] + _CONV,
     "deform_col2im_fused_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "A*", "T*",
                                    "T*", "int32"] + _CONV,
-    "roi_pool_forward_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "const T*", "int32", "T*"]
+    "roi_align_forward_kernel": ["int64", "const T*", "const T*", "const T*", "int32", "const T*", "int32", "T*"]
     + _ROI,
-    "roi_pool_backward_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "const T*",
+    "roi_align_backward_kernel": ["int64", "const T*", "const T*", "const T*", "const T*", "int32", "const T*",
                                  "int32", "T*", "T*", "int32", "T*", "int32"] + _ROI,
 }
 
@@ -69,25 +68,31 @@ def name_expression(kernel: str, element: str) -> str:
 
 
 def kernels_dir() -> Path:
-    """The folder holding the ``.cu``/``.cuh`` files: ``$DCN_LESSONS_KERNELS`` or ``<repo>/kernels``.
+    """The folder holding the ``.cu``/``.cuh`` files: ``$DCN_LESSONS_KERNELS`` if set; else the copy inside the
+    installed package (``dcn_lessons/kernels/``, which a wheel carries); else ``kernels/`` of the checkout the
+    package sits in (an editable install). The top-level ``kernels/`` is the one source: the wheel's copy is made
+    from it when the wheel is built (``setup.py``).
 
-    Raises FileNotFoundError saying where it looked when the folder or one of :data:`KERNEL_FILES` is missing.
+    Raises FileNotFoundError saying where it looked when no candidate holds every one of :data:`KERNEL_FILES`.
     """
-    env = os.environ.get("DCN_LESSONS_KERNELS")
-    if env:
-        where, how = Path(env).expanduser(), "the environment variable DCN_LESSONS_KERNELS"
-    else:
-        import dcn_lessons
+    from dcn_lessons.config import path_override
 
-        where, how = Path(dcn_lessons.__file__).resolve().parent.parent / "kernels", "next to the dcn_lessons package"
-    missing = [f for f in KERNEL_FILES if not (where / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"CUDA kernel sources not found: looked in {where} ({how}) for {', '.join(missing)}; "
-            "install dcn_lessons from a checkout of the repository (pip install -e .) or set "
-            "DCN_LESSONS_KERNELS to the folder holding deform_conv.cu and roi_pool.cu"
-        )
-    return where
+    env = path_override("DCN_LESSONS_KERNELS")
+    if env is not None:
+        candidates = [(env, "the environment variable DCN_LESSONS_KERNELS")]
+    else:
+        pkg = Path(__file__).resolve().parent.parent
+        candidates = [(pkg / "kernels", "inside the installed package"),
+                      (pkg.parent / "kernels", "next to the dcn_lessons package (a checkout)")]
+    for where, _ in candidates:
+        if all((where / f).is_file() for f in KERNEL_FILES):
+            return where
+    looked = "; ".join(f"{where} ({how})" for where, how in candidates)
+    raise FileNotFoundError(
+        f"CUDA kernel sources not found: looked in {looked} for {', '.join(KERNEL_FILES)}; install dcn_lessons "
+        "from its wheel or a checkout (pip install . or pip install -e .), or set DCN_LESSONS_KERNELS to the "
+        "folder holding them"
+    )
 
 
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)

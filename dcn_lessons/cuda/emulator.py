@@ -78,8 +78,9 @@ class EmulatorError(RuntimeError):
 
 def cache_dir() -> Path:
     """Where compiled modules are kept: ``$DCN_LESSONS_CACHE/emulator`` or ``~/.cache/dcn_lessons/emulator``."""
-    root = os.environ.get("DCN_LESSONS_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "dcn_lessons"
+    from dcn_lessons.config import path_override
+
+    base = path_override("DCN_LESSONS_CACHE") or Path.home() / ".cache" / "dcn_lessons"
     return base / "emulator"
 
 

@@ -58,9 +58,11 @@ _LIB_PATH: Optional[Path] = None
 
 
 def _candidates() -> list[Path]:
-    env = os.environ.get("DCN_LESSONS_NVRTC")
-    if env:
-        return [Path(env).expanduser()]
+    from dcn_lessons.config import path_override
+
+    env = path_override("DCN_LESSONS_NVRTC")
+    if env is not None:
+        return [env]
     found: list[Path] = []
     try:
         import nvidia  # namespace package of NVIDIA's pip wheels

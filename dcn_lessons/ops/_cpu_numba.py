@@ -1,6 +1,7 @@
 """Compiled CPU path of deformable convolution (Numba): channels-last, fused, table-free.
 
-Same operator, semantics and results as the columns path of :mod:`dcn_lessons.ops.deform_conv`
+The ``cpu-numba`` backend (:class:`NumbaBackend`). Same operator, semantics and results as the columns path
+(:mod:`dcn_lessons.ops._columns` over the tensor primitives)
 (DCNv1 Eq. 2-4, DCNv2 Eq. 1, the course's position rule: README, "Conventions shared by every tier");
 what differs is the memory layout, chosen so that the inner loops run over *channels*, contiguously,
 and vectorise:
@@ -17,7 +18,7 @@ and vectorise:
   table and no per-channel index arithmetic is needed;
 * the backward pass is one kernel: for every sample it scatters ``weight * grad_col`` into the
   (padded, channels-last) input gradient *and* accumulates the four dot products S_q of
-  :func:`dcn_lessons.ops.deform_conv.deform_col2im_coord` that give the offset and mask gradients,
+  :func:`dcn_lessons.ops._primitives.deform_col2im_coord` that give the offset and mask gradients,
   reading each column gradient once.
 
 Threads: the GEMMs run on PyTorch's own threads (MKL/OpenMP). The sampling kernels run on the calling
@@ -32,9 +33,11 @@ the 2-core machine this course is measured on, splitting the kernels over 2 thre
 benchmark (``benchmarks/bench_deform_conv_cpu.py``, ``kernel_threads_2_over_1`` in its results) times
 forward+backward both ways, interleaved in one run. :data:`KERNEL_THREADS` overrides the rule.
 
-Used by :func:`dcn_lessons.ops.deform_conv.deform_conv2d` for float32/float64 CPU tensors when Numba
-imports, unless ``DCN_LESSONS_CPU_FAST=0``; ``AVAILABLE`` is False without Numba and the operator falls
-back to the columns path. Kernels compile on first use (seconds) and are cached on disk by Numba.
+Chosen by :func:`dcn_lessons.backends.select` for float32/float64 CPU tensors when Numba imports (unless
+``DCN_LESSONS_BACKEND`` says otherwise); ``AVAILABLE`` is False without Numba and the operator falls back to
+the ``tensor`` backend. Kernels compile on first use (seconds) and are cached on disk by Numba. The backend
+contract's primitives (columns in the shared ``[n, C*kh*kw, Ho*Wo]`` layout) are these kernels with the
+layout converted; its RoI methods are the tensor backend's (there is no compiled RoI kernel).
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcn_lessons.ops.deform_conv import _chunk_size, _store_chunk
+from dcn_lessons.ops._columns import chunk_size, store_chunk
+from dcn_lessons.ops._tensor_backend import TensorBackend
 
 try:  # pragma: no cover - which branch runs depends on the environment
     from numba import njit
@@ -304,11 +308,6 @@ def _weight_kmajor(weight: Tensor, groups: int) -> Tensor:
     return weight.reshape(groups, o // groups, cg, kh * kw).transpose(2, 3).reshape(groups, o // groups, kh * kw * cg)
 
 
-def supports(*ts: Optional[Tensor]) -> bool:
-    """True when this path handles these tensors (CPU, float32 or float64)."""
-    return all(t is None or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)) for t in ts)
-
-
 class _Geometry:
     """Per-call constants: sizes, groups, chunk size, and the arguments both kernels share."""
 
@@ -325,15 +324,21 @@ class _Geometry:
                      self.wo, self.groups)
         self.dtype = dtype
         # images per chunk: one columns buffer of at most deform_conv.COLUMNS_BUDGET_BYTES alive at a time
-        self.step = _chunk_size(self.n, self.rows, self.length, torch.empty(0, dtype=dtype).element_size())
+        self.step = chunk_size(self.n, self.rows, self.length, torch.empty(0, dtype=dtype).element_size())
 
 
 class _Chunk:
-    """Images [s, e) of one call, in the kernels' layouts: padded channels-last input, flat offset and mask."""
+    """Images [s, e) of one call, in the kernels' layouts: padded channels-last input, flat offset and mask.
 
-    def __init__(self, geo: _Geometry, input: Tensor, offset: Tensor, mask: Optional[Tensor], s: int, e: int) -> None:
+    ``input`` None: a zero input of ``geo``'s shape (col2im alone reads no input values)."""
+
+    def __init__(self, geo: _Geometry, input: Optional[Tensor], offset: Tensor, mask: Optional[Tensor], s: int,
+                 e: int) -> None:
         self.geo, self.nb = geo, e - s
-        self.xp = _padded_nhwc(input[s:e])
+        if input is None:
+            self.xp = np.zeros((e - s, geo.h + 2, geo.w + 2, geo.c), np.dtype(str(geo.dtype).replace("torch.", "")))
+        else:
+            self.xp = _padded_nhwc(input[s:e])
         self.off = offset[s:e].detach().reshape(e - s, offset.shape[1], -1).contiguous().numpy()
         self.has_mask = mask is not None
         if mask is None:
@@ -380,7 +385,7 @@ def columns(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight_shape:
             stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
     """Deformable im2col in this path's layout: ``[n, Ho*Wo, groups*K*Cg]``, column ``(gi*K + k)*Cg + c'``.
 
-    The same numbers as :func:`dcn_lessons.ops.deform_conv.deform_im2col` (DCNv1 Eq. 2-3, DCNv2 Eq. 1),
+    The same numbers as :func:`dcn_lessons.ops._primitives.deform_im2col` (DCNv1 Eq. 2-3, DCNv2 Eq. 1),
     rearranged: that function's row ``c*K + k`` at pixel l is this one's ``[l, (gi*K + k)*Cg + c']`` with
     ``c = gi*Cg + c'`` and ``Cg = weight_shape[1]``.
     """
@@ -392,24 +397,71 @@ def columns_backward(grad_columns: Tensor, input: Tensor, offset: Tensor, mask: 
                      weight_shape: Sequence[int], stride: Pair, padding: Pair, dilation: Pair
                      ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Input, offset and mask gradients of :func:`columns` (``deform_col2im`` and ``deform_col2im_coord``
-    of :mod:`dcn_lessons.ops.deform_conv` in one pass), for ``grad_columns`` in this path's layout."""
+    of :mod:`dcn_lessons.ops._primitives` in one pass), for ``grad_columns`` in this path's layout."""
     geo = _Geometry(input.shape, offset, weight_shape, input.dtype, stride, padding, dilation)
     gi, goff, gm = _Chunk(geo, input, offset, mask, 0, geo.n).columns_backward(grad_columns, True, True)
     assert gi is not None and goff is not None
     return gi.contiguous(), goff, gm
 
 
-class _NumbaPath:
-    """The compiled CPU path: :meth:`forward` and :meth:`backward` of deformable convolution (no bias).
+def _to_native(grad_columns: Tensor, n: int, c: int, k: int) -> Tensor:
+    """Shared columns layout ``[n, C*K, L]`` (row ``c*K + k``) -> this path's, one weight group: ``[n, L, K*C]``."""
+    return grad_columns.reshape(n, c, k, -1).permute(0, 3, 2, 1).reshape(n, -1, k * c).contiguous()
 
-    Same methods and results as :class:`dcn_lessons.ops.deform_conv._ColumnsPath`; one GEMM per chunk of
-    images and weight group, with the columns as a transposed operand (BLAS reads it in place).
-    """
+
+class NumbaBackend(TensorBackend):
+    """The ``cpu-numba`` backend: deformable convolution by the compiled kernels above (float32/float64 CPU
+    tensors); :meth:`conv_forward`/:meth:`conv_backward` run one GEMM per chunk of images and weight group,
+    with the columns as a transposed operand (BLAS reads it in place). RoI methods: the tensor backend's."""
 
     name = "cpu-numba"
+    conv_dtypes = (torch.float32, torch.float64)
 
-    def forward(self, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
-                stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
+    # -- the contract's primitives, in the shared columns layout (one weight group)
+    def deform_im2col(self, input: Tensor, offset: Tensor, mask: Optional[Tensor], kernel_size: Pair,  # type: ignore[override]
+                      stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
+        n, c = input.shape[0], input.shape[1]
+        k = kernel_size[0] * kernel_size[1]
+        cols = columns(input, offset, mask, (1, c, *kernel_size), stride, padding, dilation)  # [n, L, K*C]
+        return cols.view(n, -1, k, c).permute(0, 3, 2, 1).reshape(n, c * k, -1)
+
+    def _backward_shared(self, grad_columns: Tensor, input: Optional[Tensor], input_shape: Sequence[int],
+                         offset: Tensor, mask: Optional[Tensor], kernel_size: Pair, stride: Pair, padding: Pair,
+                         dilation: Pair, need_input: bool, need_coord: bool
+                         ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        n, c = int(input_shape[0]), int(input_shape[1])
+        geo = _Geometry(input_shape, offset, (1, c, *kernel_size), offset.dtype, stride, padding, dilation)
+        native = _to_native(grad_columns, n, c, geo.kk)
+        gi, goff, gm = _Chunk(geo, input, offset, mask, 0, n).columns_backward(native, need_input, need_coord)
+        return (None if gi is None else gi.contiguous()), goff, gm
+
+    def deform_col2im(self, grad_columns: Tensor, offset: Tensor, mask: Optional[Tensor],  # type: ignore[override]
+                      input_shape: Sequence[int], kernel_size: Pair, stride: Pair, padding: Pair,
+                      dilation: Pair) -> Tensor:
+        gi, _, _ = self._backward_shared(grad_columns, None, input_shape, offset, mask, kernel_size, stride,
+                                         padding, dilation, True, False)
+        assert gi is not None
+        return gi
+
+    def deform_col2im_coord(self, grad_columns: Tensor, input: Tensor, offset: Tensor,  # type: ignore[override]
+                            mask: Optional[Tensor], kernel_size: Pair, stride: Pair, padding: Pair,
+                            dilation: Pair) -> tuple[Tensor, Optional[Tensor]]:
+        _, goff, gm = self._backward_shared(grad_columns, input, input.shape, offset, mask, kernel_size, stride,
+                                            padding, dilation, False, True)
+        assert goff is not None
+        return goff, gm
+
+    def deform_conv_backward_columns(self, grad_columns: Tensor, input: Tensor, offset: Tensor,
+                                     mask: Optional[Tensor], kernel_size: Pair, stride: Pair, padding: Pair,
+                                     dilation: Pair) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        gi, goff, gm = self._backward_shared(grad_columns, input, input.shape, offset, mask, kernel_size, stride,
+                                             padding, dilation, True, True)
+        assert gi is not None and goff is not None
+        return gi, goff, gm
+
+    # -- the whole operator, in this path's own layout
+    def conv_forward(self, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
+                     stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
         """``[N, O, Ho, Wo]``: DCNv1 Eq. (2) / DCNv2 Eq. (1) without the bias."""
         geo = _Geometry(input.shape, offset, weight.shape, input.dtype, stride, padding, dilation)
         groups, og, kc = geo.groups, geo.o // geo.groups, geo.kk * geo.cg
@@ -425,9 +477,10 @@ class _NumbaPath:
             del cols
         return out
 
-    def backward(self, grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
-                 stride: Pair, padding: Pair, dilation: Pair, need_input: bool, need_offset: bool, need_weight: bool,
-                 need_mask: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    def conv_backward(self, grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
+                      mask: Optional[Tensor], stride: Pair, padding: Pair, dilation: Pair, need_input: bool,
+                      need_offset: bool, need_weight: bool, need_mask: bool
+                      ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """``(grad_input, grad_offset, grad_weight, grad_mask)``, None where not asked for."""
         geo = _Geometry(input.shape, offset, weight.shape, input.dtype, stride, padding, dilation)
         groups, og, kc = geo.groups, geo.o // geo.groups, geo.kk * geo.cg
@@ -456,11 +509,16 @@ class _NumbaPath:
                 torch.mm(go_c[gi].t(), w_k[gi], out=gcols_2d[:, gi * kc:(gi + 1) * kc])
             gi_, goff, gm = chunk.columns_backward(gcols, need_input, need_coord)
             del gcols
-            _store_chunk(s, e, (grad_input, gi_), (grad_offset, goff), (grad_mask, gm))
+            store_chunk(s, e, (grad_input, gi_), (grad_offset, goff), (grad_mask, gm))
         gw = None
         if gw_k is not None:
             gw = gw_k.reshape(groups, og, geo.kk, geo.cg).transpose(2, 3).reshape(weight.shape)
+        # the offset/mask gradients were asked for separately: hand back only what was asked
+        if not need_offset:
+            grad_offset = None
+        if not need_mask:
+            grad_mask = None
         return grad_input, grad_offset, gw, grad_mask
 
 
-PATH = _NumbaPath()
+BACKEND = NumbaBackend()

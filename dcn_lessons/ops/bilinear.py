@@ -2,8 +2,8 @@
 
 The PyTorch counterpart of :func:`dcn_lessons.reference.bilinear_sample`: same name, arguments,
 shapes and rule, so a learner can move from the NumPy tier to this one line by line. It reuses the
-corner rule of :class:`dcn_lessons.ops.deform_conv._Corners` and the position gradient of its
-``_position_grads`` (each written once, there).
+corner rule of :class:`dcn_lessons.ops.deform_conv.Corners` and the position gradient of its
+``position_grads`` (each written once, there).
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from dcn_lessons.ops.deform_conv import _Corners, _position_grads
+from dcn_lessons._validate.tensors import check_tensor
+from dcn_lessons.ops._primitives import Corners, position_grads
 
 __all__ = ["bilinear_sample"]
 
@@ -24,7 +25,7 @@ class _BilinearSampleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, input: Tensor, py: Tensor, px: Tensor) -> Tensor:  # type: ignore[override]
         c, h, w = input.shape
-        cr = _Corners(py.reshape(-1), px.reshape(-1), h, w)
+        cr = Corners(py.reshape(-1), px.reshape(-1), h, w)
         flat = input.reshape(c, h * w)
         out = sum(flat[:, idx] * wt for idx, wt in zip(cr.index, cr.weight))
         ctx.save_for_backward(input, py, px)
@@ -35,7 +36,7 @@ class _BilinearSampleFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         input, py, px = ctx.saved_tensors
         c, h, w = input.shape
-        cr = _Corners(py.reshape(-1), px.reshape(-1), h, w)
+        cr = Corners(py.reshape(-1), px.reshape(-1), h, w)
         go = grad_output.reshape(c, -1)
         grad_input = grad_py = grad_px = None
         if ctx.needs_input_grad[0]:
@@ -47,7 +48,7 @@ class _BilinearSampleFunction(torch.autograd.Function):
             flat = input.reshape(c, h * w)
             # S_q = sum over channels of grad * x(q), a corner off the map reading 0 (the course's position rule)
             s = [(go * flat[:, idx]).sum(0) * v for idx, v in zip(cr.index, cr.valid)]
-            gy, gx = _position_grads(cr, *s)
+            gy, gx = position_grads(cr, *s)
             grad_py, grad_px = gy.reshape(py.shape), gx.reshape(px.shape)
         return grad_input, grad_py, grad_px
 
@@ -64,7 +65,8 @@ def bilinear_sample(input: Tensor, py: Tensor, px: Tensor) -> Tensor:
 
     Boundary: a corner off the map reads 0, so a sample with ``y <= -1`` or ``y >= H`` (likewise x) is 0.
     Gradients (hand-written backward): to ``input`` exact everywhere (a scatter through the four weights);
-    to ``py``/``px`` by the course's position rule shared with torchvision and mmcv: 0 unless -1 < y < H and
+    to ``py``/``px`` by the course's position rule (mmcv's; torchvision's except on the lines y = -1 and
+    x = -1, where torchvision takes the forward difference): 0 unless -1 < y < H and
     -1 < x < W; inside, the corners are floor(p) and floor(p)+1 with the floor held fixed, so at an
     integer coordinate the gradient is the forward difference ``x(q+1) - x(q)``. Position gradients are
     summed over channels.
@@ -73,15 +75,9 @@ def bilinear_sample(input: Tensor, py: Tensor, px: Tensor) -> Tensor:
         TypeError: an argument is not a floating-point tensor, or dtypes differ.
         ValueError: wrong dimensions, py and px of different shapes, devices differ, or a non-finite position.
     """
-    for name, t in (("input", input), ("py", py), ("px", px)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name}: expected dtype {input.dtype} (the dtype of input), got {t.dtype}")
-        if t.device != input.device:
-            raise ValueError(f"{name}: expected device {input.device} (the device of input), got {t.device}")
+    check_tensor("input", input)
+    check_tensor("py", py, like=input)
+    check_tensor("px", px, like=input)
     if input.dim() not in (2, 3):
         raise ValueError(f"input: expected [H, W] or [C, H, W], got shape {list(input.shape)}")
     if py.shape != px.shape:

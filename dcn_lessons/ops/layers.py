@@ -20,8 +20,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
-
+from dcn_lessons._validate.conv import as_pair
 from dcn_lessons.ops.deform_conv import deform_conv2d
 
 __all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "offset_param_groups"]
@@ -81,10 +80,10 @@ class DeformConv2d(nn.Module):
             raise ValueError(f"out_channels: expected a multiple of groups = {groups}, got {out_channels}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size: tuple[int, int] = _pair(kernel_size)
-        self.stride: tuple[int, int] = _pair(stride)
-        self.padding: tuple[int, int] = _pair(padding)
-        self.dilation: tuple[int, int] = _pair(dilation)
+        self.kernel_size: tuple[int, int] = as_pair("kernel_size", kernel_size)
+        self.stride: tuple[int, int] = as_pair("stride", stride)
+        self.padding: tuple[int, int] = as_pair("padding", padding)
+        self.dilation: tuple[int, int] = as_pair("dilation", dilation)
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:

@@ -6,7 +6,8 @@ against brute-force definitions and central finite differences.
 * :mod:`~dcn_lessons.reference.bilinear` -- DCNv1 Eq. (3)-(4): bilinear sampling and its gradients.
 * :mod:`~dcn_lessons.reference.deform_conv` -- DCNv1 Eq. (1)-(2), DCNv2 Eq. (1): deformable and
   modulated convolution, loop and im2col forms, and their backward.
-* :mod:`~dcn_lessons.reference.roi` -- DCNv1 Eq. (5)-(8), DCNv2 Eq. (2): the RoI pooling family.
+* :mod:`~dcn_lessons.reference.roi` -- DCNv1 Eq. (5)-(6) (and App. A's Eq. (8) for the offset gradient),
+  DCNv2 Eq. (2): the RoI pooling family.
 """
 from dcn_lessons.reference.bilinear import (
     BilinearWeights,

@@ -8,18 +8,23 @@ Deformable convolution reads the feature map ``x`` at fractional positions ``p``
 where ``q`` runs over every integral position of the map. Only the (at most) four neighbours
 ``floor(p)`` and ``floor(p)+1`` have a non-zero kernel, which gives the fast four-neighbour form.
 
-Boundary behaviour (README, "Conventions shared by every tier"; the same as torchvision and mmcv):
+Boundary behaviour (README, "Conventions shared by every tier"; the values as torchvision and mmcv compute them,
+the position gradient as mmcv and the original DCNv2 code do):
 
 * neighbours outside the map contribute 0, so the value at ``y <= -1`` or ``y >= H`` (likewise x) is 0;
   the value is continuous everywhere, e.g. it falls linearly from ``x(0)`` at ``y = 0`` to 0 at ``y = -1``.
 * The value is piecewise linear in ``p`` with kinks at every integer, so the derivative with respect to the
-  position does not exist there and a *rule* has to pick one. The rule (torchvision/mmcv): a sample is
+  position does not exist there and a *rule* has to pick one. The rule (mmcv's and the original DCNv2 CUDA
+  code's; torchvision's except on the lines y = -1 and x = -1, see below): a sample is
   *inside* only when ``-1 < y < H`` and ``-1 < x < W``; outside, value and position gradient are 0;
   inside, the corners are ``floor(p)`` and ``floor(p)+1`` (a corner off the map reads 0) and the gradient is
   taken with the floor held fixed. At an integer coordinate this is the forward difference
   ``x(q+1) - x(q)`` (the right derivative), except at exactly ``y = -1`` (or ``x = -1``), which counts as
   outside and gets 0. This is not a corner case: offsets start at zero, so at the start of training every
   sample sits exactly on an integer coordinate.
+* torchvision differs on exactly those lines: its ``get_coordinate_weight`` (``csrc/ops/cpu/deform_conv2d_kernel.cpp``)
+  has no inside test and returns the forward difference ``x(0) - 0`` at ``y = -1`` (likewise x); elsewhere the two
+  rules agree (``tests/peer`` pins the difference on the whole operator).
 """
 from __future__ import annotations
 
@@ -227,7 +232,8 @@ def bilinear_sample_backward(
 
     * grad_input: Eq. (3) is linear in x, so each sample adds ``w * grad`` to each of its four corners
       (scatter-add); corners off the map get nothing. Exact everywhere.
-    * grad_py, grad_px: the position rule of the module docstring (torchvision/mmcv): 0 unless
+    * grad_py, grad_px: the position rule of the module docstring (mmcv's and the original DCNv2 code's;
+      torchvision's except on the lines y = -1 and x = -1): 0 unless
       ``-1 < y < H`` and ``-1 < x < W``; inside, the derivative of the four-neighbour form with
       ``floor(p)`` held fixed (corners off the map read 0). Away from integers this is the true derivative;
       at an integer coordinate it is the forward difference ``x(q+1) - x(q)``.

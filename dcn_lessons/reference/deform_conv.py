@@ -21,8 +21,8 @@ Conventions (README, "Conventions shared by every tier"; the same names, argumen
   ``(y*stride_h - pad_h + i*dil_h + Δy, x*stride_w - pad_w + j*dil_w + Δx)``.
 
 Boundary behaviour: bilinear sampling with neighbours off the map reading 0 (zero padding, continued
-smoothly to fractional positions); position gradient by the torchvision/mmcv rule described in
-:mod:`dcn_lessons.reference.bilinear`.
+smoothly to fractional positions); position gradient by the rule of mmcv and the original DCNv2 code described
+in :mod:`dcn_lessons.reference.bilinear` (torchvision's too, except on the lines y = -1 and x = -1).
 
 The vectorised path is the "columns" contract the faster tiers mirror: :func:`deform_im2col` builds
 ``columns [N, C*kh*kw, Ho*Wo]`` (row ``c*kh*kw + k``), the output is one matrix product per weight group,

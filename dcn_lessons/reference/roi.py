@@ -57,6 +57,7 @@ __all__ = [
     "RoIPoolGrads",
     "bin_samples",
     "roi_geometry",
+    "roi_sample",
     "roi_pool",
     "roi_pool_backward",
     "roi_align",
@@ -164,6 +165,39 @@ def bin_samples(
         for v in range(r.grid_w):
             x = r.x_start + dx + j * bin_w + (v + 0.5) * bin_w / r.grid_w
             yield y, x
+
+
+def roi_sample(feature: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """A feature map read at any points by the RoI sampling rule (:func:`_roi_bilinear`, the module docstring):
+    what every sample of :func:`roi_align` and of the deformable poolings reads -- DCNv1 Eq. (3)'s bilinear
+    interpolation with torchvision ``roi_align``'s border: 0 beyond one pixel outside the map, clamped within it.
+
+    Lesson 04 reads maps with it (its exercises build bins out of samples); it is not itself an exercise.
+
+    Args:
+        feature: ``[H, W]`` floating-point map.
+        ys, xs: row and column positions, finite, broadcastable to one shape S.
+
+    Returns:
+        ``[*S]`` float64: 0 where ``y < -1``, ``y > H``, ``x < -1`` or ``x > W``; elsewhere the bilinear blend of the
+        corners ``floor(p)`` and ``floor(p) + 1`` after clamping y into ``[0, H - 1]`` (likewise x).
+    """
+    feature = _float_array(feature, "feature")
+    if feature.ndim != 2 or 0 in feature.shape:
+        raise ValueError(f"feature: expected a non-empty [H, W] map, got shape {list(feature.shape)}")
+    try:
+        ys, xs = np.broadcast_arrays(np.asarray(ys, dtype=np.float64), np.asarray(xs, dtype=np.float64))
+    except ValueError:
+        raise ValueError(f"ys, xs: expected positions of shapes that broadcast together, got "
+                         f"{list(np.shape(ys))} and {list(np.shape(xs))}") from None
+    if not (np.isfinite(ys).all() and np.isfinite(xs).all()):
+        raise ValueError("ys, xs: expected finite positions (found NaN or inf)")
+    height, width = feature.shape
+    x = feature.astype(np.float64)
+    out = np.zeros(ys.shape)
+    for idx in np.ndindex(ys.shape):
+        out[idx] = sum(w * x[qy, qx] for qy, qx, w, _, _ in _roi_bilinear(height, width, float(ys[idx]), float(xs[idx])))
+    return out
 
 
 def _ps_channels(c_out: int, output_size: tuple[int, int], i: int, j: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-// roi_pool.cu -- the sampled RoI pooling family in one forward and one backward kernel:
+// roi_align.cu -- the aligned (bilinearly sampled) RoI pooling family in one forward and one backward kernel:
 //   roi_align (aligned=True)            DCNv1 (arXiv 1703.06211) Eq. (5), sampled (Mask R-CNN)
 //   deform_roi_pool                     DCNv1 Eq. (6): bin (i, j) moves by gamma*(off_x*roi_w, off_y*roi_h)
 //   modulated deform_roi_pool           DCNv2 (arXiv 1811.11168) Eq. (2): times mask m_ij
@@ -60,7 +60,7 @@ __device__ __forceinline__ DcnRoiBin<T> dcn_roi_bin(const T* rois, const T* offs
 
 // Forward, one work item per output element (r, c, i, j): n = K*C_out*ph*pw.
 template <typename T>
-__global__ void roi_pool_forward_kernel(dcn_index_t n, const T* input, const T* rois, const T* offset,
+__global__ void roi_align_forward_kernel(dcn_index_t n, const T* input, const T* rois, const T* offset,
                                         int has_offset, const T* mask, int has_mask, T* output, DCN_ROI_ARGS) {
   DCN_GRID_STRIDE_LOOP(index, n) {
     const dcn_index_t j = index % pw, i = (index / pw) % ph, c = (index / (pw * ph)) % C_out;
@@ -89,7 +89,7 @@ __global__ void roi_pool_forward_kernel(dcn_index_t n, const T* input, const T* 
 //   grad_offset += m * gamma * roi_w * (sum_samples g * d x(p)/dx) / count   (channel 0; roi_h, y for 1)
 //   grad_mask   += g * (bin value before the mask)
 template <typename T>
-__global__ void roi_pool_backward_kernel(dcn_index_t n, const T* grad_output, const T* input, const T* rois,
+__global__ void roi_align_backward_kernel(dcn_index_t n, const T* grad_output, const T* input, const T* rois,
                                          const T* offset, int has_offset, const T* mask, int has_mask,
                                          T* grad_input, T* grad_offset, int want_grad_offset, T* grad_mask,
                                          int want_grad_mask, DCN_ROI_ARGS) {
