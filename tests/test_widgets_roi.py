@@ -82,5 +82,5 @@ def test_rejects_bad_arguments():
         RoIExplorer(np.zeros((8, 8, 3)))
     with pytest.raises(ValueError, match="k: expected an int >= 1"):
         RoIExplorer(np.zeros((8, 8)), k=0)
-    with pytest.raises(ValueError, match="sampling_ratio"):
+    with pytest.raises(ValueError, match="sampling_ratio: expected an int >= 1, got 0"):
         RoIExplorer(np.zeros((8, 8)), sampling_ratio=0)

@@ -92,13 +92,13 @@ def test_two_levels_follow_each_point_to_the_nearest_unit_below(models, digits):
 
 def test_follow_unit_checks_its_arguments(models, digits):
     samples = {"conv3": layer_samples(models["v1"], "conv3", digits.images[0])}
-    with pytest.raises(ValueError, match="unit"):
+    with pytest.raises(ValueError, match=r"unit: expected \(y, x\) on the 4x4 output grid of conv3, got \(4, 0\)"):
         follow_unit(samples, (4, 0), ("conv3",))
-    with pytest.raises(ValueError, match="conv2"):
+    with pytest.raises(ValueError, match=r"samples: no sampling locations for \['conv2'\]"):
         follow_unit(samples, (0, 0), ("conv3", "conv2"))
-    with pytest.raises(ValueError, match="layers"):
+    with pytest.raises(ValueError, match="layers: expected at least one layer name"):
         follow_unit(samples, (0, 0), ())
-    with pytest.raises(ValueError, match="name"):
+    with pytest.raises(ValueError, match="name: expected a convolution of the model"):
         layer_samples(models["v1"], "fc", digits.images[0])
 
 
@@ -133,14 +133,14 @@ def test_explorer_follows_its_controls(models, digits):
     assert e.redraws == 3 and e.points["v2"].shape == (9, 2)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(models={}), "models"),
-    (dict(models={"x": torch.nn.Conv2d(1, 1, 3)}), "DigitNet"),
-    (dict(images=torch.zeros(2, 16, 16)), "images"),
-    (dict(layer="conv9"), "layer"),
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(models={}), ValueError, "models: expected at least one model"),
+    (dict(models={"x": torch.nn.Conv2d(1, 1, 3)}), TypeError, r"models\['x'\]: expected a DigitNet, got Conv2d"),
+    (dict(images=torch.zeros(2, 16, 16)), ValueError, r"images: expected a tensor \[n, 1, S, S\]"),
+    (dict(layer="conv9"), ValueError, "layer/below: expected names among"),
 ])
-def test_explorer_bad_arguments(models, digits, bad, match):
+def test_explorer_bad_arguments(models, digits, bad, exc, match):
     kw = dict(models=models, images=digits.images)
     kw.update(bad)
-    with pytest.raises((ValueError, TypeError), match=match):
+    with pytest.raises(exc, match=match):
         SamplingExplorer(**kw)
