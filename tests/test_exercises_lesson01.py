@@ -169,3 +169,119 @@ def test_q2_backward_difference_is_named():
 
     with pytest.raises(AssertionError, match="backward difference"):
         CHECKS["check_position_grad"](backward)
+
+
+# ------------------------------------------------------------------------------------- issue 15: not bypassable
+
+from test_exercises_lesson00 import (  # noqa: E402  (the helpers the tests of lessons 00-04 share)
+    assert_gives_nothing_away, failure_messages, graded_without_package, solution_lines, unavailable_names_exist)
+
+
+@pytest.mark.parametrize("check", ["check_bilinear", "check_position_grad"])
+def test_the_unavailable_names_exist(check):
+    unavailable_names_exist(CHECKS, check)
+
+
+def test_q1_an_answer_that_delegates_to_the_package_fails_without_it():
+    def via_reference(img, py, px):
+        from dcn_lessons.reference import bilinear_sample as sample
+
+        return sample(img, py, px)
+
+    def via_literal(img, py, px):
+        from dcn_lessons.reference import bilinear_sample_literal
+
+        return bilinear_sample_literal(img, py, px)
+
+    def via_torch(img, py, px):
+        import torch
+
+        from dcn_lessons.ops import bilinear_sample as sample
+
+        return sample(torch.from_numpy(img[None]), torch.from_numpy(py), torch.from_numpy(px))[0].numpy()
+
+    def via_deform_conv(img, py, px):  # a 1x1 deformable convolution: output s reads the position of sample s
+        from dcn_lessons.reference import deform_conv2d
+
+        H, W = img.shape
+        s = np.arange(np.size(py))
+        off = np.zeros((1, 2, H, W))
+        off[0, 0].flat[s] = np.ravel(py) - s // W
+        off[0, 1].flat[s] = np.ravel(px) - s % W
+        out = deform_conv2d(img[None, None], off, np.ones((1, 1, 1, 1)))
+        return out[0, 0].flat[s].reshape(np.shape(py))
+
+    for answer in (via_reference, via_literal, via_torch, via_deform_conv):
+        assert CHECKS["check_bilinear"](answer) is None  # right while the package is there
+        with pytest.raises(AssertionError, match="unavailable while this answer is graded"):
+            graded_without_package(CHECKS, "check_bilinear", answer)
+    graded_without_package(CHECKS, "check_bilinear", good_bilinear)
+    graded_without_package(CHECKS, "check_bilinear", loop_bilinear)
+
+
+def test_q2_an_answer_that_delegates_to_the_package_fails_without_it():
+    def via_backward(img, py, px):
+        from dcn_lessons.reference import bilinear_sample_backward as backward
+
+        return tuple(backward(np.ones(py.shape), img, py, px)[1:])
+
+    def via_autograd(img, py, px):
+        import torch
+
+        from dcn_lessons.ops import bilinear_sample as sample
+
+        ty, tx = torch.from_numpy(py).requires_grad_(), torch.from_numpy(px).requires_grad_()
+        sample(torch.from_numpy(img[None]), ty, tx).sum().backward()
+        return ty.grad.numpy(), tx.grad.numpy()
+
+    for answer in (via_backward, via_autograd):
+        assert CHECKS["check_position_grad"](answer) is None
+        with pytest.raises(AssertionError, match="unavailable while this answer is graded"):
+            graded_without_package(CHECKS, "check_position_grad", answer)
+    graded_without_package(CHECKS, "check_position_grad", _grad)
+
+
+def test_q2_a_finite_difference_is_caught_a_hair_below_an_integer():
+    """A forward difference of the package's sampler, with the inside test added, is right on every step but one:
+    a hair below an integer it steps across the kink (and in the graded run the sampler is not there anyway)."""
+    def forward(img, py, px, h=1e-6):
+        H, W = img.shape
+        inside = (py > -1) & (py < H) & (px > -1) & (px < W)
+        gy = (bilinear_sample(img, py + h, px) - bilinear_sample(img, py, px)) / h
+        gx = (bilinear_sample(img, py, px + h) - bilinear_sample(img, py, px)) / h
+        return gy * inside, gx * inside
+
+    with pytest.raises(AssertionError) as info:
+        CHECKS["check_position_grad"](forward)
+    assert "a hair below integer coordinates" in str(info.value) and "segment on the left" in str(info.value)
+
+
+def test_q2_the_y_minus_one_hint_says_which_rule_is_whose():
+    with pytest.raises(AssertionError) as info:
+        CHECKS["check_position_grad"](lambda img, py, px: _grad(img, py, px, inside_test=False))
+    msg = str(info.value)
+    assert "torchvision" in msg and "mmcv" in msg and "original DCNv2 code" in msg
+
+
+def test_no_failure_message_gives_the_answer_away():
+    wrong_q1 = [lambda img, py, px: _bilinear(img, py, px, swap=True),
+                lambda img, py, px: _bilinear(img, py, px, clamp=True),
+                lambda img, py, px: _bilinear(img, py, px, floor=np.trunc),
+                lambda img, py, px: _bilinear(img, np.round(py), np.round(px)),
+                lambda img, py, px: img[py.astype(int), px.astype(int)],
+                lambda img, py, px: _bilinear(img, py, px) + 1e-3,
+                lambda img, py, px: np.zeros_like(py)]
+    assert_gives_nothing_away(failure_messages(CHECKS["check_bilinear"], wrong_q1),
+                              solution_lines("01_", "my_bilinear"),
+                              formulas=["(1-ly)*(1-lx)", "(1-ly)*lx", "ly*(1-lx)", "ly*lx", "(1-ly)(1-lx)"])
+    wrong_q2 = [lambda img, py, px: _grad(img, py, px, order="xy"),
+                lambda img, py, px: _grad(img, py, px, sign=-1.0),
+                _central,
+                lambda img, py, px: _grad(img, py, px, clamp=True),
+                lambda img, py, px: _grad(img, py, px, inside_test=False),
+                lambda img, py, px: (np.zeros(py.shape), np.zeros(py.shape)),
+                lambda img, py, px: tuple(g + 1e-3 for g in _grad(img, py, px))]
+    assert_gives_nothing_away(failure_messages(CHECKS["check_position_grad"], wrong_q2),
+                              solution_lines("01_", "my_position_grad"),
+                              formulas=["(1-lx)*(v10-v00)", "(1-ly)*(v01-v00)", "(1-lx)(v10-v00)", "(1-ly)(v01-v00)",
+                                        "lx*(v11-v01)", "ly*(v11-v10)"])

@@ -152,3 +152,103 @@ def test_q2_names_the_case_that_failed():
         CHECKS["check_mask_grad"](first_output_only)
     msg = str(info.value)
     assert "weight [2, 3, 3, 3]" in msg and "sum over the output channels o" in msg
+
+
+# ------------------------------------------------------------------------------------- issue 15: not bypassable
+
+from test_exercises_lesson00 import (  # noqa: E402  (the helpers the tests of lessons 00-04 share)
+    assert_gives_nothing_away, failure_messages, graded_without_package, solution_lines, unavailable_names_exist)
+
+
+@pytest.mark.parametrize("check", ["check_split_branch", "check_mask_grad"])
+def test_the_unavailable_names_exist(check):
+    unavailable_names_exist(CHECKS, check)
+
+
+def test_q1_an_answer_that_delegates_to_the_package_fails_without_it(monkeypatch):
+    """The package splits the branch inside ``ModulatedDeformConv2dPack.forward``: an answer that lets the layer do
+    it (its branch made to return ``out``, the split read off where the layer hands it to the operator)."""
+    import torch
+
+    def via_layer(out, G):
+        import dcn_lessons.ops.layers as layers
+        from dcn_lessons.ops import ModulatedDeformConv2dPack
+
+        N, ch, Ho, Wo = out.shape
+        K = ch // (3 * G)
+        kh = int(round(K ** 0.5))
+        layer = ModulatedDeformConv2dPack(G, G, kh, padding=(kh - 1) // 2, offset_groups=G).double()
+        class Given(torch.nn.Module):  # the branch, made to return the output under test
+            def forward(self, x):
+                return torch.from_numpy(out)
+
+        layer.conv_offset = Given()
+        caught = {}
+        real = layers.deform_conv2d
+
+        def spy(input, offset, weight, bias, stride, padding, dilation, mask):
+            caught.update(offset=offset.numpy(), mask=mask.numpy())
+            return real(input, offset, weight, bias, stride, padding, dilation, mask)
+
+        layers.deform_conv2d = spy
+        try:
+            layer(torch.zeros(N, G, Ho + kh - 1 - 2 * ((kh - 1) // 2), Wo + kh - 1 - 2 * ((kh - 1) // 2),
+                              dtype=torch.float64))
+        finally:
+            layers.deform_conv2d = real
+        return caught["offset"], caught["mask"]
+
+    assert CHECKS["check_split_branch"](via_layer) is None  # right while the package is there
+    with pytest.raises(AssertionError, match="unavailable while this answer is graded"):
+        graded_without_package(CHECKS, "check_split_branch", via_layer)
+    graded_without_package(CHECKS, "check_split_branch", split)
+
+
+def test_q2_an_answer_that_delegates_to_the_package_fails_without_it():
+    def via_backward(x, offset, mask, weight, grad_out, padding):
+        from dcn_lessons.reference import deform_conv2d_backward
+
+        return deform_conv2d_backward(grad_out[None], x[None], offset[None], weight, padding=padding,
+                                      mask=mask[None]).mask[0]
+
+    def via_autograd(x, offset, mask, weight, grad_out, padding):
+        import torch
+
+        from dcn_lessons.ops import deform_conv2d as op
+
+        m = torch.from_numpy(mask[None]).requires_grad_()
+        y = op(torch.from_numpy(x[None]), torch.from_numpy(offset[None]), torch.from_numpy(weight),
+               padding=padding, mask=m)
+        (y * torch.from_numpy(grad_out[None])).sum().backward()
+        return m.grad[0].numpy()
+
+    for answer in (via_backward, via_autograd):
+        assert CHECKS["check_mask_grad"](answer) is None
+        with pytest.raises(AssertionError, match="unavailable while this answer is graded"):
+            graded_without_package(CHECKS, "check_mask_grad", answer)
+    graded_without_package(CHECKS, "check_mask_grad", mask_grad)
+
+    def via_im2col(x, offset, mask, weight, grad_out, padding):  # the hint's way: lesson 02's im2col, available
+        from dcn_lessons.reference import deform_im2col
+
+        C, (O, _, kh, kw), (K, Ho, Wo) = x.shape[0], weight.shape, mask.shape
+        cols = deform_im2col(x[None], offset[None], None, (kh, kw), padding=padding)[0]
+        return ((weight.reshape(O, -1).T @ grad_out.reshape(O, -1)) * cols).reshape(C, K, -1).sum(0).reshape(K, Ho, Wo)
+
+    graded_without_package(CHECKS, "check_mask_grad", via_im2col)
+
+
+def test_no_failure_message_gives_the_answer_away():
+    wrong_q1 = [lambda o, G: (split(o, G)[0], o[:, 2 * o.shape[1] // 3:]), split_softmax,
+                lambda o, G: (o[:, o.shape[1] // 3:], sigmoid(o[:, : o.shape[1] // 3])), split_triples, split_blocks,
+                lambda o, G: (split(o, G)[0], split(o, G)[1] + 1e-3), lambda o, G: (split(o, G)[0] + 1e-3, split(o, G)[1])]
+    assert_gives_nothing_away(failure_messages(CHECKS["check_split_branch"], wrong_q1),
+                              solution_lines("03_", "my_split_branch"),
+                              formulas=["out[:, :2*G*K]", "out[:,2*G*K:]", "out[:, :2*K]", "2*out.shape[1]//3",
+                                        "1/(1+exp(-"])
+    wrong_q2 = [lambda *a: mask_grad(*a, extra=lambda m: m), lambda *a: mask_grad(*a, extra=lambda m: m * (1 - m)),
+                lambda *a: mask_grad(*a, ignore_offsets=True), lambda *a: mask_grad(*a, swap=True),
+                lambda *a: mask_grad(*a, transpose=True), lambda *a: -mask_grad(*a), lambda *a: mask_grad(*a) + 1e-3]
+    assert_gives_nothing_away(failure_messages(CHECKS["check_mask_grad"], wrong_q2),
+                              solution_lines("03_", "my_mask_grad"),
+                              formulas=["weight.reshape(O,-1).T@grad_out.reshape(O,-1)"])

@@ -7,6 +7,7 @@ limit is a per-cell timeout that only catches a hang.
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 
@@ -17,12 +18,25 @@ from nbclient.exceptions import CellExecutionError
 
 from conftest import NOTEBOOKS
 
-LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted(NOTEBOOKS.glob("appendix_*.ipynb"))
 BUDGET_S = 90.0
 
 
 def test_there_are_lessons():
     assert len(LESSONS) >= 1, "no lesson notebooks found in notebooks/"
+
+
+#: a bare ``except:``, or an ``except`` clause that names ``Exception`` or ``BaseException`` (alone or in a tuple)
+_CATCH_ALL = re.compile(r"^\s*except\s*:|^\s*except\b[^:\n]*\b(?:Base)?Exception\b", re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_no_cell_swallows_every_exception(path):
+    """A master notebook catches only what it means to show (an exercise not written yet, an error the lesson is
+    about), never every exception: that would hide a failure of the package from the run below (issue 16)."""
+    nb = nbformat.read(str(path), as_version=4)
+    bad = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _CATCH_ALL.search(c.source)]
+    assert not bad, f"{path.name}: cells {bad} catch every exception; catch the one you mean, or check first"
 
 
 @pytest.mark.notebook
