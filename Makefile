@@ -1,6 +1,9 @@
 # The course in two commands:
 #   make lab    set up .venv (once) and open JupyterLab on notebooks/
 #   make test   set up .venv (once) and run the whole test suite (every notebook included, fast mode)
+# And for maintainers:
+#   make peer     compare the operators with torchvision's (a second venv, .peer/, with torch + torchvision from PyPI)
+#   make mutants  plant typical bugs in a copy of the package, one at a time: each must fail a test
 # Variables: PYTHON (the interpreter to build the venv from), LAB_ARGS (extra arguments for jupyter lab),
 # PYTEST_ARGS (extra arguments for pytest), TORCH_SPEC (pip arguments for torch when the venv has none yet).
 
@@ -10,7 +13,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test student setup clean
+PEER ?= .peer
+PEER_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: lab test student setup clean peer peer-env mutants
 
 setup: $(STAMP)
 
@@ -29,8 +35,21 @@ lab: $(STAMP)
 test: $(STAMP)
 	DCN_LESSONS_FAST=1 MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
 
+mutants: $(STAMP)
+	DCN_LESSONS_FAST=1 MPLBACKEND=Agg $(PY) tests/mutation_check.py
+
 student: $(STAMP)
 	$(PY) -m dcn_lessons student --install
 
+# torchvision's compiled ops load on the CPU only when torch and torchvision both come from PyPI (the CUDA build
+# runs on a CPU); this project's own venv may hold a CPU-only torch with no matching torchvision. PIP_FIND_LINKS is
+# cleared so that pip cannot take a local CPU-only torch wheel for this environment.
+peer-env:
+	@test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	PIP_FIND_LINKS= $(PEER)/bin/python -m pip install --quiet $(PEER_SPEC) numpy numba pytest hypothesis
+
+peer: peer-env
+	DCN_LESSONS_PEER=1 PYTHONPATH=$(CURDIR) MPLBACKEND=Agg $(PEER)/bin/python -m pytest -p no:cacheprovider tests/peer $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build notebooks/student
+	rm -rf $(VENV) $(PEER) build notebooks/student
