@@ -277,6 +277,21 @@ def test_mimic_gradients_reach_the_shared_fc_and_the_trunk():
     assert same["loss_mimic"].item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_an_empty_omega_gives_zero_losses_that_reach_every_branch_parameter():
+    # a batch with no positive proposal: the losses are zero, and every parameter of the branch still gets a
+    # (zero) gradient, so DistributedDataParallel sees the same parameters used on every step
+    model = model_of("dcnv2_mimic").train()
+    images, gt, props, valid, m = omega_case(model)
+    om = model.mimic.select(props, torch.zeros_like(valid), m, gt)
+    assert om.rois.shape[0] == 0
+    f_frcnn = torch.zeros(0, 256, requires_grad=True)
+    losses = model.mimic(images - 0.5, om, f_frcnn, model.backbone, model.roi_head)
+    assert all(v.item() == 0.0 for v in losses.values())
+    sum(losses.values()).backward()
+    for name, p in model.mimic.named_parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) == 0, name
+
+
 def test_the_crops_leave_batchnorm_running_statistics_alone():
     cfg = load_config("dcnv2_mimic")
     model = DeformableFasterRCNN(dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, norm="bn")), 8)
