@@ -143,12 +143,9 @@ def _encode_verify(case, got):
     hit = _first_match(arr, [(m, _encode_np(tn, rn, wts, m)) for m, _ in ENCODE_MISTAKES])
     if hit is not None:
         raise ExerciseError(f"{what}: wrong coding.\nHint: {dict(ENCODE_MISTAKES)[hit]}")
-    try:
-        expect_close(arr, want, what, atol=1e-6, rtol=1e-5,
-                     hint="re-read §3's facts: the centre offset in units of the reference's size, the size as a log "
-                          "ratio, each number times its weight; (dx, dy, dw, dh)")
-    except ExerciseError as e:
-        raise ExerciseError(str(e).replace("index [", "box, coordinate [")) from None
+    raise ExerciseError(_wrong_values(arr, want, what, "re-read §3's facts: the centre offset in units of the "
+                                                     "reference's size, the size as a log ratio, each number times "
+                                                     "its weight; (dx, dy, dw, dh)", ("dx", "dy", "dw", "dh")))
 
 
 #: q1 (a): ``fn(targets [..., 4], references [..., 4], weights)`` -> ``[..., 4]`` the coded targets
@@ -243,18 +240,19 @@ def _decode_verify(case, got):
     hit = _first_match(arr, [(m, _decode_np(dn, rn, wts, m)) for m, _ in DECODE_MISTAKES])
     if hit is not None:
         raise ExerciseError(f"{what}: wrong boxes.\nHint: {dict(DECODE_MISTAKES)[hit]}")
-    raise ExerciseError(expect_close_message(arr, want, what, "decoding is encoding run backwards (§3): first the "
-                                                              "weights out, then the cap, then the centre and the "
-                                                              "size; return corners"))
+    raise ExerciseError(_wrong_values(arr, want, what, "decoding is encoding run backwards (§3): first the weights "
+                                                     "out, then the cap, then the centre and the size; return "
+                                                     "corners", ("x1", "y1", "x2", "y2")))
 
 
-def expect_close_message(arr, want, what, hint):
-    """The message :func:`expect_close` would raise (``arr`` is known to differ from ``want``)."""
-    try:
-        expect_close(arr, want, what, atol=1e-6, rtol=1e-5, hint=hint)
-    except ExerciseError as e:
-        return str(e)
-    return f"{what}: wrong\nHint: {hint}"
+def _wrong_values(arr, want, what, hint, names):
+    """The message for boxes ``arr`` that differ from ``want`` (same shape): how many numbers are wrong, the
+    first wrong box and coordinate, and the value found there, never the value expected."""
+    bad = ~np.isclose(arr, want, atol=1e-6, rtol=1e-5)
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"box {list(idx[:-1])}, {names[idx[-1]]}" if len(idx) > 1 else names[idx[-1]]
+    return (f"{what}: {int(bad.sum())} of {bad.size} numbers are wrong; the first at {where}: got {arr[idx]:.6g}, "
+            f"which is too {'large' if arr[idx] > want[idx] else 'small'}.\nHint: {hint}")
 
 
 #: q1 (b): ``fn(deltas [..., 4], references [..., 4], weights)`` -> ``[..., 4]`` boxes (x1, y1, x2, y2), the size
@@ -496,12 +494,13 @@ def _judge_rows(arr, props, valid, gts, gvalid, k, what):
             raise ExerciseError(f"{what}: image {i}: {n} rows, expected at most k = {k}.\nHint: up to k per image")
         if n < min(k, n_pos):
             left = [j for j in np.nonzero(pos[i])[0] if j not in chosen[i]]
-            if any(abs(best[i, j] - 0.5) < 1e-12 for j in left) and n_pos <= k:
+            if all(abs(best[i, j] - 0.5) < 1e-12 for j in left) and n_pos <= k:
                 raise ExerciseError(f"{what}: image {i}: you left out a proposal whose IoU with a box is exactly "
                                     "0.5.\nHint: positive means IoU >= 0.5, the threshold included")
             raise ExerciseError(f"{what}: image {i}: {n} rows, but the image has {n_pos} positive proposals "
-                                f"and k = {k}.\nHint: take as many as you may: k, or all of them when there are "
-                                "fewer")
+                                f"and k = {k}; one you left out overlaps a box of its image with IoU "
+                                f"{best[i, left[-1]]:.3f}.\nHint: take as many as you may: k, or all of them when "
+                                "there are fewer; positive means IoU >= 0.5 with one of the image's valid boxes")
     return chosen
 
 
@@ -587,15 +586,15 @@ def _mimic_cases(seed):
     def relu_features(m, d):
         return np.round(np.maximum(rng.normal(0, 1, (m, d)), 0.0), 4)
 
-    a1 = np.array([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
-    b1 = np.array([[2.0, 4.0, 0.0], [0.0, 3.0, 0.0]])
+    a1 = np.array([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    b1 = np.array([[2.0, 4.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 3.0]])
     if seed != SEED_Q3:
         a1, b1 = a1 + np.round(rng.uniform(0, 0.5, a1.shape), 2), b1 + np.round(rng.uniform(0, 0.5, b1.shape), 2)
     a3, b3 = relu_features(5, 12), relu_features(5, 12)
     a3[1] = 0.0
     b3[3] = 0.0
     steps = [
-        (a1, b1, 1, "two boxes of one image: the same direction, then at right angles"),
+        (a1, b1, 1, "three boxes of one image: the same direction, at right angles, the same direction"),
         (relu_features(6, 16), relu_features(6, 16), 2, "six boxes over two images, ReLU features"),
         (relu_features(7, 16) + 0.01, relu_features(7, 16) + 0.01, 1, "seven boxes of one image"),
         (a3, b3, 3, "a zero feature on each side (every fc7 unit off after the ReLU)"),
@@ -661,8 +660,8 @@ def _mimic_verify(case, got):
         for m, hint in MIMIC_MISTAKES:
             alt = _mimic_np(an, bn, n, m)
             if math.isfinite(alt) and np.isclose(v, alt, atol=1e-6, rtol=1e-5) and not np.isclose(alt, want):
-                raise ExerciseError(f"{what}: got {v:.6g}, expected {want:.6g}.\nHint: {hint}")
-        raise ExerciseError(f"{what}: got {v:.6g}, expected {want:.6g}.\nHint: one term 1 − cos per box of Ω "
+                raise ExerciseError(f"{what}: got {v:.6g}.\nHint: {hint}")
+        raise ExerciseError(f"{what}: got {v:.6g}, which is too {'large' if v > want else 'small'}.\nHint: one term 1 − cos per box of Ω "
                             "(cosine along the feature axis, 0 for a zero feature), summed, divided by the number "
                             "of images (§6.2)")
     if got["grad_rcnn"] is None:
@@ -684,6 +683,10 @@ def _mimic_verify(case, got):
     rows = (np.linalg.norm(an, axis=1) > 0) & (np.linalg.norm(bn, axis=1) > 0)
     for g, r, side in ((ga, ra, "f_rcnn"), (gb, rb, "f_frcnn")):
         if g.shape != r.shape or not np.allclose(g[rows], r[rows], atol=1e-6, rtol=1e-4):
+            if g.shape == r.shape and np.allclose(g[rows], 0.0) and not np.allclose(r[rows], 0.0):
+                raise ExerciseError(f"{what}: the value is right, but no gradient reaches {side}.\nHint: the loss "
+                                    "trains both branches: neither feature is detached (DCNv2 §3.3 writes no "
+                                    "stop-gradient)")
             raise ExerciseError(f"{what}: the value is right, but its gradient with respect to {side} is not.\n"
                                 "Hint: compute the value with differentiable torch operations only (no "
                                 ".detach(), no in-place tricks)")
