@@ -354,7 +354,13 @@ def test_grading_a_folder_of_misbehaving_submissions(mini, tmp_path):
 
     paths = sorted(subs.glob("*.ipynb"))
     before = (REPO / "dcn_lessons" / "exercises" / "lesson00.py").read_bytes()
-    results = {Path(r.submission).name: r for r in grading.grade(master, paths, timeout=30, jobs=2)}
+    # the endless loop gets a short limit of its own; the others get the headroom a loaded 2-core machine needs
+    # (a correct submission must never be marked as timed out because the machine was busy)
+    loop = [p for p in paths if p.name == "c_loop.ipynb"]
+    results = {Path(r.submission).name: r for r in grading.grade(master, [p for p in paths if p not in loop],
+                                                                 timeout=300, jobs=2)}
+    results.update({Path(r.submission).name: r for r in grading.grade(master, loop, timeout=15, jobs=1)})
+    results = {p.name: results[p.name] for p in paths}
     out = tmp_path / "scores.csv"
     grading.write_csv(list(results.values()), {"q1": 1.0, "q2": 2.0}, out)
 
@@ -402,7 +408,7 @@ def test_a_check_can_make_the_package_unavailable_to_tell_delegation(mini, tmp_p
     delegate = _with_cells(built.student, tmp_path / "delegate.ipynb",
                            "from dcn_lessons.geometry import sampling_positions as my_sampling_positions",
                            after="def my_sampling_positions")
-    results = grading.grade(master, [built.solution, delegate], timeout=60, jobs=2)
+    results = grading.grade(master, [built.solution, delegate], timeout=300, jobs=2)
     assert (results[0].status, results[0].scores["q1"]) == ("graded", 1.0)
     assert (results[1].status, results[1].scores["q1"]) == ("graded", 0.0)
     assert "compute it yourself" in results[1].feedback["q1"]
@@ -421,7 +427,7 @@ def test_cli_grades_and_reports_corrupt_notebooks_once(mini, tmp_path):
     (subs / "broken.ipynb").write_text('{"cells": [ this is not json')
     (subs / "notes.txt").write_text("not a notebook")
     out = tmp_path / "g.csv"
-    proc = _cli("grade", str(built.autograder), str(subs), "--csv", str(out), "--timeout", "60")
+    proc = _cli("grade", str(built.autograder), str(subs), "--csv", str(out), "--timeout", "300")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     both = proc.stdout + proc.stderr
