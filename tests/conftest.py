@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -52,3 +58,47 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
     if report.failed:
         report.sections.append(("global random seed",
                                 f"{global_seed(item.nodeid)} (zlib.crc32 of the test id; see tests/conftest.py)"))
+
+
+#: The limit, in seconds, for JupyterLab to start (it only catches a hang; tests/test_e2e_browser.py says how the
+#: browser tests' limits were chosen).
+START_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """The README's own `make lab`, on a free port with a fresh token: ``(url, token)``; started once per session
+    for the browser tests (tests/test_e2e_browser*.py), stopped at the end."""
+    port, token = _free_port(), secrets.token_hex(16)
+    log = tmp_path_factory.mktemp("lab") / "lab.log"
+    args = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.token={token} --ServerApp.port_retries=0"
+    venv = os.path.dirname(os.path.dirname(sys.executable))  # the venv running these tests
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["make", "-C", str(REPO), "lab", f"VENV={venv}", f"LAB_ARGS={args}"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url, token
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -11,65 +11,21 @@ JupyterLab up in 9 s, the browser part 27 s in all), so a slow CI machine does n
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
-from conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-#: Limits, in seconds, that only catch a hang (see the module docstring): starting JupyterLab, one browser step.
-START_S = 600
+#: The limit, in seconds, of one browser step: it only catches a hang (see the module docstring). The JupyterLab
+#: server (the fixture ``lab`` of tests/conftest.py) is started once for every browser test of the session.
 STEP_S = 480
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    port, token = _free_port(), secrets.token_hex(16)
-    log = tmp_path_factory.mktemp("lab") / "lab.log"
-    args = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.token={token} --ServerApp.port_retries=0"
-    venv = os.path.dirname(os.path.dirname(sys.executable))  # the venv running these tests
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["make", "-C", str(REPO), "lab", f"VENV={venv}", f"LAB_ARGS={args}"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url, token
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _kernel_state(url: str, token: str, notebook: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_e2e_browser import CHROMIUM, _kernel_state, _wait_for_idle_kernel, lab  # noqa: F401  (lab: a fixture)
+from test_e2e_browser import CHROMIUM, _kernel_state, _wait_for_idle_kernel
 
 NOTEBOOK = "08_spatial_support.ipynb"
 #: Generous limits, in seconds, that only catch a hang.
@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 
-def test_lesson08_support_explorer_updates_in_a_real_browser(lab):  # noqa: F811
+def test_lesson08_support_explorer_updates_in_a_real_browser(lab):
     try:
         from playwright import sync_api
     except ImportError as exc:  # a test dependency (pip install -e ".[test]"): a broken install, not a skip
