@@ -41,6 +41,20 @@ def global_seed(nodeid: str) -> int:
     return zlib.crc32(nodeid.encode())
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test, the previous setting restored afterwards. For tests on tiny tensors
+    (a few images of 20x20): a second thread buys nothing there, and on a loaded 2-core machine its spin-waiting
+    made tests/test_analysis_warp.py's fit 20x slower (1.4 s on one thread against 29 s on two, measured in one
+    process while other jobs ran). A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seeded_global_rngs(request: pytest.FixtureRequest) -> None:
     seed = global_seed(request.node.nodeid)
@@ -71,10 +85,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """The README's own `make lab`, on a free port with a fresh token: ``(url, token)``; started once per session
-    for the browser tests (tests/test_e2e_browser*.py), stopped at the end."""
+    """The README's own `make lab`, on a free port with a fresh token: ``(url, token)``, for the browser tests
+    (tests/test_e2e_browser*.py). One server per test module, stopped at its end: a server shared by two modules
+    restored the first one's notebook tab (JupyterLab keeps the workspace on the server) and the second test found
+    its figure hidden in that background tab."""
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path_factory.mktemp("lab") / "lab.log"
     args = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.token={token} --ServerApp.port_retries=0"

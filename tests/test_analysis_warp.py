@@ -10,15 +10,8 @@ from dcn_lessons.analysis import AffineField, ElasticField, Texture, fit_offsets
 from dcn_lessons.ops import deform_conv2d
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny (8 images of 20x20): a second intra-op thread buys nothing, and on a loaded 2-core
-    machine its spin-waiting made the fit 20x slower (1.4 s on one thread against 29 s on two, measured in one
-    process while other jobs ran). One thread here, the previous setting restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one intra-op thread (the fixture in tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

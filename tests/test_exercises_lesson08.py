@@ -14,13 +14,8 @@ from test_exercises_lesson07 import graded_without_package
 CHECKS = load("lesson08")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a loaded 2-core machine a second intra-op thread only spins (see tests/test_analysis_warp)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one intra-op thread (the fixture in tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("check", ["check_true_offsets", "check_effective_dilation", "check_erf"])

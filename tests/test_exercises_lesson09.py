@@ -19,13 +19,8 @@ NAMES = ["check_encode_boxes", "check_decode_boxes", "check_select_omega", "chec
 CAP = math.log(1000 / 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a loaded 2-core machine a second intra-op thread only spins (see tests/test_analysis_warp)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one intra-op thread (the fixture in tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("check", NAMES)

@@ -12,12 +12,8 @@ from dcn_lessons.training import DigitRun, DigitScenes, digit_model_cache, digit
 TINY = dict(width=2, steps=3, n_train=64, n_test=32, size=16, eval_every=3, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one intra-op thread (the fixture in tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_run_fields_are_checked_and_named():

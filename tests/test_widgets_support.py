@@ -14,12 +14,8 @@ OUT = Frame.block(4)  # DigitNet's bn3 map: two 2x2 max-pools
 CONV2_IN = Frame.block(2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one intra-op thread (the fixture in tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
