@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from dcn_lessons.bench import time_interleaved
 from dcn_lessons.ops import deform_conv as D
+from dcn_lessons.ops._columns import chunk_size
 
 SHAPES = [(2, 64, 32, 32), (2, 128, 32, 32), (2, 256, 16, 16)]
 RESULTS = Path(__file__).resolve().parent / "results" / "deform_conv_cpu.json"
@@ -161,7 +162,7 @@ def main() -> None:
                 r = pair(with_kernel_threads(1, fb), with_kernel_threads(2, fb), repeats)
                 row["kernel_threads_2_over_1"] = r["b"] / r["a"]
                 row["kernel_threads_2_over_1_min"] = r["min_b"] / r["min_a"]
-            cols_bytes = D._chunk_size(n, c * 9, h * w, 4) * c * 9 * h * w * 4
+            cols_bytes = chunk_size(n, c * 9, h * w, 4) * c * 9 * h * w * 4
             row["columns_buffer_bytes"] = cols_bytes
             if not args.quick:
                 for k in kinds:

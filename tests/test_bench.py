@@ -35,3 +35,23 @@ def test_wall_time_calls_once_and_is_non_negative():
 def test_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         time_interleaved(**kwargs)
+
+
+def test_the_cpu_benchmark_runs_on_the_current_operators(tmp_path):
+    """benchmarks/bench_deform_conv_cpu.py in its quick mode (one shape, 5 repeats, no memory), so that a change of
+    the package's internals cannot break the benchmark unnoticed (it once called a helper that had moved). Only
+    that it runs and writes sane ratios: timing never fails a test."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_deform_conv_cpu.py"), "--quick",
+                           "--out", str(tmp_path / "cpu.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert [r["version"] for r in rows] == ["v1", "v2"]
+    for r in rows:
+        assert r["columns_buffer_bytes"] == 2 * 64 * 9 * 32 * 32 * 4  # the whole batch in one chunk
+        assert all(v > 0 for k, v in r.items() if k.endswith("_ratio"))
