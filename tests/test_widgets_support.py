@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dcn_lessons.analysis import Frame, effective_receptive_field, effective_sampling_locations, saliency_region
-from dcn_lessons.training import digit_scenes, make_model
+from dcn_lessons.training import digit_scenes
+from test_widgets_sampling import _trained_like  # the same small "as after training" models
 from dcn_lessons.widgets import SupportExplorer
 from dcn_lessons.widgets.support import VIEWS, node_support
 
@@ -21,19 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def scenes():
     return digit_scenes(2, size=32, per_image=(2, 2), side=(8, 14), seed=3)
-
-
-def _trained_like(variant, seed=0):
-    """A small model whose offset (and mask) branches hold random numbers, as after training."""
-    model = make_model(variant, width=2, seed=seed)
-    if variant != "plain":
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for name in ("conv2", "conv3"):
-                branch = getattr(model, name).conv_offset
-                branch.weight.copy_(0.3 * torch.randn(branch.weight.shape, generator=g))
-                branch.bias.copy_(0.5 * torch.randn(branch.bias.shape, generator=g))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
