@@ -55,6 +55,31 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def master_solution_lines(path, skip=("#",), comments=("  #",)) -> list[str]:
+    """The lines between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` in the code cells of the master notebook
+    ``path`` (the answers a failure message must never show), stripped, with a trailing comment (any of
+    ``comments``) cut off; lines starting with one of ``skip`` and short lines (under 16 characters: a ``return x``)
+    are left out. Lesson 06 passes C's comment marks too, its answers being CUDA source."""
+    import json
+
+    nb = json.loads(Path(path).read_text())
+    lines, inside = [], False
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        for line in "".join(cell["source"]).splitlines():
+            s = line.strip()
+            if s.startswith("# BEGIN SOLUTION"):
+                inside = True
+            elif s.startswith("# END SOLUTION"):
+                inside = False
+            elif inside and len(s) >= 16 and not s.startswith(tuple(skip)):
+                for mark in comments:
+                    s = s.split(mark)[0]
+                lines.append(s.strip())
+    return lines
+
+
 @pytest.fixture(autouse=True)
 def _seeded_global_rngs(request: pytest.FixtureRequest) -> None:
     seed = global_seed(request.node.nodeid)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 import dcn_lessons.ops as ops
-from conftest import NOTEBOOKS
+from conftest import NOTEBOOKS, master_solution_lines
 from dcn_lessons import reference as ref
 from dcn_lessons.exercises import load
 from dcn_lessons.ops import ModulatedDeformConv2dPack, deform_col2im_coord, deform_conv2d, deform_im2col
@@ -677,25 +675,6 @@ def test_q5_an_answer_that_delegates_to_the_package_fails_without_it():
 
 # ------------------------------------------------------------------------------------------ no message gives the answer
 
-def _solution_lines(path):
-    """The lines between # BEGIN SOLUTION and # END SOLUTION of a master notebook's code cells (the answers a
-    failure message must never show), stripped; short lines (a `return x`) are left out."""
-    nb = json.loads(Path(path).read_text())
-    lines, inside = [], False
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        for line in "".join(cell["source"]).splitlines():
-            s = line.strip()
-            if s.startswith("# BEGIN SOLUTION"):
-                inside = True
-            elif s.startswith("# END SOLUTION"):
-                inside = False
-            elif inside and len(s) >= 16 and not s.startswith("#"):
-                lines.append(s.split("  #")[0].strip())
-    return lines
-
-
 WRONG = {
     "check_deform_im2col_torch": [_call(swap=True), _call(use_mask=False), _call(order="k"), _call(clamp=True),
                                   _call(trunc=True), _call(groups="interleaved"), lambda *a: im2col(*a) * 1.5,
@@ -715,7 +694,7 @@ WRONG = {
 
 
 def test_no_failure_message_contains_a_line_of_the_solution():
-    solution = _solution_lines(NOTEBOOKS / "05_pytorch_ops.ipynb")
+    solution = master_solution_lines(NOTEBOOKS / "05_pytorch_ops.ipynb")
     assert len(solution) >= 15, solution  # the five answers are there to compare with
     messages = []
     for check, answers in WRONG.items():

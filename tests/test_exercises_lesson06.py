@@ -552,31 +552,12 @@ def test_q10_roi_align_teaches(source, words):
 
 # ------------------------------------------------------------------------------------------ no message gives the answer
 
-def _solution_lines(path):
-    import json
-    from pathlib import Path
-
-    nb = json.loads(Path(path).read_text())
-    lines, inside = [], False
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        for line in "".join(cell["source"]).splitlines():
-            s = line.strip()
-            if s.startswith("# BEGIN SOLUTION"):
-                inside = True
-            elif s.startswith("# END SOLUTION"):
-                inside = False
-            elif inside and len(s) >= 16 and not s.startswith(("#", "//", "extern", "\"\"\"", "my_")):
-                lines.append(s.split("  //")[0].split("  #")[0].strip())
-    return lines
-
-
 @pytestmark_gxx
 def test_no_failure_message_contains_a_line_of_the_solution():
-    from conftest import NOTEBOOKS
+    from conftest import NOTEBOOKS, master_solution_lines
 
-    solution = _solution_lines(NOTEBOOKS / "06_cuda_kernels.ipynb")
+    solution = master_solution_lines(NOTEBOOKS / "06_cuda_kernels.ipynb", skip=("#", "//", "extern", '"""', "my_"),
+                                     comments=("  //", "  #"))
     assert len(solution) >= 40, solution
     wrong = {
         "check_sigmoid_kernel": [SIGMOID.replace("exp(-", "exp("), SIGMOID.replace("blockIdx.x * blockDim.x + ", "")],
