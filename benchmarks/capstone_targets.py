@@ -6,7 +6,7 @@
 What it does, in order, each part written to ``benchmarks/results/capstone_targets.{json,md}`` as it ends:
 
 1. **data**: writes the default synthetic set with ``make-data`` if it is not there (validation uses its val
-   split; training draws fresh images on the fly, the ``train`` default).
+   split; training reads its train split, the ``train`` default once it is written).
 2. **compute-bound or data-bound**: ``train`` for ``--data-steps`` steps of the config, drawing images on the
    fly with 0, 1 and 2 DataLoader workers, and reading the written train split with 1 worker; from
    ``metrics.jsonl`` (steps after the first 5): images/s and the share of each step spent waiting for the next

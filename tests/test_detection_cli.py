@@ -148,6 +148,34 @@ def test_evaluate_refuses_a_data_set_of_other_categories(world, capsys, tmp_path
     assert code == 2 and "trained on the categories" in capsys.readouterr().err
 
 
+def test_train_data_auto_reads_the_written_split_when_there_is_one_else_draws(tmp_path, monkeypatch):
+    """``--train-data auto`` (the default): the files make-data wrote, or fresh images when it wrote none;
+    ``fly`` and ``files`` force either (``files`` without files is the loader's error, naming the file)."""
+    from dcn_lessons.detection.cli import train_dataset
+    from dcn_lessons.detection.coco import CocoDetection, SyntheticDetection
+    from dcn_lessons.detection.config import load_config
+
+    cfg = load_config(tiny_config(tmp_path, "regular"))
+    monkeypatch.setenv("DCN_LESSONS_DATA", str(tmp_path / "data"))
+    parser = build_parser()
+
+    def dataset(*extra: str):
+        args = parser.parse_args(["train", *extra])
+        return train_dataset(cfg, args, 0)
+
+    assert parser.parse_args(["train"]).train_data == "auto"
+    ds, info = dataset()
+    assert isinstance(ds, SyntheticDetection) and info["source"] == "synthetic on the fly"
+    with pytest.raises(Exception, match="instances_train.json"):
+        dataset("--train-data", "files")
+    assert main(["make-data", "--train", "3", "--val", "1", "--test", "0", "--image-size", "64", "--workers", "1",
+                 "--quiet"]) == 0
+    ds, info = dataset()
+    assert isinstance(ds, CocoDetection) and info["source"] == "synthetic files" and len(ds) == 3
+    ds, info = dataset("--train-data", "fly")
+    assert isinstance(ds, SyntheticDetection)
+
+
 def _write(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path
