@@ -74,6 +74,8 @@ def test_every_option_of_every_command_has_help():
     (["train", "--config", "nosuch"], "--config: config: unknown name 'nosuch'"),
     (["train", "--amp"], "--amp: mixed precision needs --device cuda"),
     (["train", "--data-root", "x"], "--data-root and --ann-file go together"),
+    (["train", "--train-data", "fly", "--data-root", "x", "--ann-file", "y.json"], "--train-data/--train-images are"),
+    (["train", "--train-data", "files", "--train-images", "5"], "--train-images: the number of images drawn"),
     (["evaluate", "missing/checkpoint.pt"], "missing/checkpoint.pt: checkpoint not found"),
     (["predict", "missing", "no_such_image.png"], "no_such_image.png: no such file or folder"),
     (["predict", "missing", "x.png", "--score-thresh", "2"], "argument --score-thresh: expected a score in [0, 1]"),
@@ -174,6 +176,8 @@ def test_train_data_auto_reads_the_written_split_when_there_is_one_else_draws(tm
     assert isinstance(ds, CocoDetection) and info["source"] == "synthetic files" and len(ds) == 3
     ds, info = dataset("--train-data", "fly")
     assert isinstance(ds, SyntheticDetection)
+    ds, info = dataset("--train-images", "5")                     # a count of drawn images means drawing them
+    assert isinstance(ds, SyntheticDetection) and len(ds) == 5
 
 
 def _write(path: Path, obj) -> Path:

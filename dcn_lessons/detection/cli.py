@@ -404,10 +404,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-data", choices=("auto", "fly", "files"), default="auto",
                    help="synthetic set only: files = the train split written by make-data; fly = fresh images drawn "
                         "every epoch (no image is seen twice, but drawing costs ~20 ms of CPU an image, which on 2 "
-                        "cores slows each step 1.75x); auto (default) = files when make-data has written them, "
+                        "cores slows each step ~1.4x); auto (default) = files when make-data has written them, "
                         "else fly")
     p.add_argument("--train-images", type=_positive_int, default=None, metavar="N",
-                   help="with --train-data fly: images per epoch (default: the train split's size)")
+                   help="draw N fresh images per epoch (implies --train-data fly; default: the train split's size)")
     add_data_arguments(p, what="training data")
     add_data_arguments(p, prefix="val-", what="validation data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -439,7 +439,7 @@ def train_dataset(cfg: Any, args: argparse.Namespace, seed: int):
         ds = open_dataset(args.data_root, args.ann_file, "train", transforms=tf, on_bad=args.on_bad, seed=seed)
         return ds, {"source": "coco", "data_root": str(args.data_root), "ann_file": str(args.ann_file)}
     use_files = args.train_data == "files" or (
-        args.train_data == "auto" and split_paths(default_root(), "train")[1].is_file())
+        args.train_data == "auto" and args.train_images is None and split_paths(default_root(), "train")[1].is_file())
     if use_files:
         return open_dataset(None, None, "train", transforms=tf, on_bad=args.on_bad, seed=seed), \
             {"source": "synthetic files", "root": str(default_root())}
@@ -461,9 +461,12 @@ def _train(args: argparse.Namespace) -> int:
     cfg = detector_config(args.config)
     if args.amp and not args.device.startswith("cuda"):
         raise CommandError("--amp: mixed precision needs --device cuda")
-    if (args.train_images is not None or args.train_data == "files") and args.data_root is not None:
+    if (args.train_images is not None or args.train_data != "auto") and args.data_root is not None:
         raise CommandError("--train-data/--train-images are for the synthetic set; --data-root/--ann-file name the "
                            "training data themselves")
+    if args.train_images is not None and args.train_data == "files":
+        raise CommandError("--train-images: the number of images drawn on the fly; --train-data files reads the "
+                           "written split, whatever its size")
     info = D.init_distributed(args.device)
     try:
         device = _resolve_device(args.device, info)
@@ -666,7 +669,8 @@ def _ablate_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per step (default: each config's images_per_batch)")
     p.add_argument("--workers", type=_count, default=1, metavar="N", help="DataLoader workers of each run (default: 1)")
     p.add_argument("--train-images", type=_positive_int, default=None, metavar="N",
-                   help="fresh synthetic images per epoch (default: the train split's size)")
+                   help="train on N fresh synthetic images per epoch, drawn on the fly (default: the written train "
+                        "split, or as many drawn when none is written)")
     add_data_arguments(p, prefix="val-", what="validation data")
     add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
