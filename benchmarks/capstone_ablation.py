@@ -38,17 +38,25 @@ def main(argv: list[str]) -> int:
         code = detect(["make-data", "--quiet"])
         if code:
             return code
+    runs = Path(argv[argv.index("--runs") + 1]) if "--runs" in argv else Path("runs/ablation")
+    reused = sorted(runs.glob("*/seed*/result.json"))
+    partial = [flag for flag in ("--configs", "--seeds", "--iterations", "--batch-size") if flag in argv]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     code = detect(["ablate", "--results", str(results), *argv])
     wall = time.perf_counter() - start
     if code == 0:
         md = results / "ablation.md"
+        if partial or reused:
+            verdict = (f"not judged (this invocation changed {' '.join(partial)} or reused {len(reused)} finished "
+                       "run(s))")
+        else:
+            verdict = "met" if wall <= 7200 else "NOT met"
         note = (f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
                 f"({torch.get_num_threads()} threads), Python {platform.python_version()}; 1-min load at start "
                 f"{load:.1f}. This invocation: {wall / 60:.1f} min by the wall clock (runs already finished are "
                 f"not retrained, so a resumed ablation counts only what it ran); target <= 120 min for 4 configs x "
-                f"3 seeds: {'met' if wall <= 7200 else 'NOT met'}.\n")
+                f"3 seeds: {verdict}.\n")
         atomic_write_text(md, md.read_text() + note)
         print(note)
     return code
