@@ -1,6 +1,6 @@
 """The capstone's targets, measured (issue 13): a script, not a test. One command::
 
-    python benchmarks/capstone_targets.py                 # everything, ~25 min on the 2-core machine
+    python benchmarks/capstone_targets.py                 # everything, ~20 min on the 2-core machine
     python benchmarks/capstone_targets.py --skip-train    # only the data and profiler checks (~3 min)
 
 What it does, in order, each part written to ``benchmarks/results/capstone_targets.{json,md}`` as it ends:
