@@ -48,8 +48,8 @@ def main(argv: list[str]) -> int:
     if code == 0:
         md = results / "ablation.md"
         if partial or reused:
-            verdict = (f"not judged (this invocation changed {' '.join(partial)} or reused {len(reused)} finished "
-                       "run(s))")
+            verdict = (f"not judged (options changed: {' '.join(partial) or 'none'}; finished runs already under "
+                       f"{runs}: {len(reused)})")
         else:
             verdict = "met" if wall <= 7200 else "NOT met"
         note = (f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "

@@ -212,7 +212,8 @@ class SynthSpec:
 #: compares against) and ``"hard"`` (the first default: about twice the warp, rotation, shear and aspect
 #: range). A detector trained from scratch on ``"hard"`` never got past the class prior in 2000 steps on the
 #: 2-core machine (its RoI head's classification loss stayed at ~0.8; torchvision's Faster R-CNN on the same
-#: trunk did the same), so ``"default"`` was calibrated down from it (``datasets/README.md``).
+#: trunk sat at the same loss for the 400 steps it was run), so ``"default"`` was calibrated down from it
+#: (``datasets/README.md``).
 PRESETS: dict[str, SynthSpec] = {
     "default": SynthSpec(),
     "mild": SynthSpec(warp=0.03, rotation=10.0, shear=0.05, aspect=(0.85, 1.18)),
