@@ -70,6 +70,7 @@ BASE = (CONFIG_DIR / "regular").as_posix()
     ("[backbone]\nrecipe = 'dconv@c7'\n", r"bad\.toml: \[backbone\] recipe = 'dconv@c7': expected 'none' or KIND@WHERE"),
     ("[rpn]\nfg_iou = 1.5\n", r"\[rpn\] fg_iou = 1\.5: expected a number in \[0, 1\]"),
     ("[rpn]\npost_nms_test = 9999\n", r"\[rpn\] post_nms_test = 9999: expected <= pre_nms_test"),
+    ("[mimic]\nstart = 1\n", r"\[mimic\] start = 1\.0: expected a fraction of the training in \[0, 1\)"),
     ("[solver]\nsteps = [0.9, 0.5]\n", r"\[solver\] steps = \(0\.9, 0\.5\): expected increasing fractions"),
     ("num_classes = 0\n", r"bad\.toml: num_classes = 0: expected an int >= 1"),
     ("rpn = 3\n", r"bad\.toml: rpn: expected a table \[rpn\]"),

@@ -74,7 +74,7 @@ class Poisoned(nn.Module):
         return self.model.param_groups(base_lr)
 
 
-def tiny_run(out: Path, resume: bool = False, poison: int = 0, **changes):
+def tiny_run(out: Path, resume: bool = False, poison: int = 0, evaluate=None, **changes):
     """Steps of one 64-pixel image on the regular config; a checkpoint every 2 steps, a metrics line every step."""
     seed_everything(0)
     model = DeformableFasterRCNN(load_config(tiny_config(out.parent)))
@@ -82,7 +82,7 @@ def tiny_run(out: Path, resume: bool = False, poison: int = 0, **changes):
     data = SyntheticDetection("train", length=5, spec=SPEC)
     cfg = TrainConfig(iterations=6, batch_size=1, lr=0.01, warmup_iters=1, log_every=1, checkpoint_every=2,
                       plot=False).replace(**changes)
-    return model, train(net, data, cfg, out, resume=resume, progress=False)
+    return model, train(net, data, cfg, out, resume=resume, progress=False, evaluate=evaluate)
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -190,6 +190,39 @@ def test_resume_refuses_other_settings_and_a_run_in_the_way(tmp_path):
         tiny_run(out, resume=True, iterations=1, lr=0.1)
     _, again = tiny_run(out, resume=True, iterations=1, log_every=2)  # logging may change; nothing left to do
     assert again.iteration == 1
+
+
+def test_a_finished_run_resumed_without_its_evaluation_on_record_is_evaluated_once(tmp_path):
+    out, calls = tmp_path / "run", []
+
+    def evaluate_fn(net, iteration):
+        calls.append(iteration)
+        return {"AP": 0.5, "table": "not logged"}
+
+    tiny_run(out, iterations=2)  # no evaluation
+    _, res = tiny_run(out, resume=True, iterations=2, evaluate=evaluate_fn)
+    assert calls == [2] and res.evaluation["AP"] == 0.5
+    assert read_metrics(out / "metrics.jsonl")[-1] == {"iteration": 2, "eval": {"AP": 0.5}}
+    _, res = tiny_run(out, resume=True, iterations=2, evaluate=evaluate_fn)  # on record now: nothing to do
+    assert calls == [2] and res.evaluation is None
+
+
+def test_the_engine_tells_the_model_which_step_comes(tmp_path):
+    """A model with ``set_iteration`` (the detector: its mimic branch starts part-way) hears of every step."""
+
+    class Told(Poisoned):
+        def __init__(self, model):
+            super().__init__(model, 0)
+            self.told = []
+
+        def set_iteration(self, iteration, iterations):
+            self.told.append((iteration, iterations, self.calls))
+
+    seed_everything(0)
+    net = Told(DeformableFasterRCNN(load_config(tiny_config(tmp_path))))
+    cfg = TrainConfig(iterations=3, batch_size=1, lr=0.01, warmup_iters=1, plot=False)
+    train(net, SyntheticDetection("train", length=5, spec=SPEC), cfg, tmp_path / "run", progress=False)
+    assert net.told == [(0, 3, 0), (1, 3, 1), (2, 3, 2)]  # before each step's forward
 
 
 def test_non_finite_loss_names_the_term_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path):

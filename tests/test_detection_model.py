@@ -344,6 +344,34 @@ def test_mimic_branch_leaves_inference_unchanged(batch, monkeypatch):
         assert da.keys() == dc.keys() and all(torch.equal(da[k], dc[k]) for k in da)
 
 
+def test_the_mimic_branch_starts_at_its_fraction_of_training(batch, monkeypatch):
+    b, ds = batch
+    model = model_of("dcnv2_mimic", ds.num_classes, start=0.5).train()
+    assert model.mimic_active  # never told where training is: the branch runs from the first step
+    selected, crops = [], []
+    select, crop = MimicBranch.select, MimicBranch.crops
+    monkeypatch.setattr(MimicBranch, "select", lambda self, *a: selected.append(1) or select(self, *a))
+    monkeypatch.setattr(MimicBranch, "crops", lambda self, *a: crops.append(1) or crop(self, *a))
+    for iteration, active in ((0, False), (4, False), (5, True), (9, True)):
+        model.set_iteration(iteration, 10)  # round(0.5 * 10) = 5: steps 5..9 mimic
+        assert model.mimic_active is active
+        n = len(selected)
+        losses = model(b.images, b.targets)
+        assert (len(selected) > n) is active
+        if not active:  # zeros, no crops, and a (zero) gradient for every parameter of the branch (DDP)
+            assert losses["loss_mimic"].item() == 0 == losses["loss_mimic_cls"].item() and not crops
+            model.zero_grad()
+            sum(losses.values()).backward()
+            for name, p in model.mimic.named_parameters():
+                assert p.grad is not None and torch.count_nonzero(p.grad) == 0, name
+    paper = model_of("dcnv2_mimic", start=0.0)
+    paper.set_iteration(0, 10)
+    assert paper.mimic_active and not model_of("dcnv2").mimic_active
+    for bad in ((-1, 10), (1, 0), (1.5, 10)):
+        with pytest.raises(ValueError, match=r"iteration, iterations: expected ints"):
+            model.set_iteration(*bad)
+
+
 def test_mimic_without_any_positive_gives_zero_losses_attached_to_the_graph():
     model = model_of("dcnv2_mimic").train()
     images = torch.rand(1, 3, 64, 64)

@@ -269,6 +269,13 @@ class MimicConfig:
         mimic_weight, cls_weight: weights of the mimic loss and of the R-CNN classification loss (0.1 each).
         reduction: ``"sum"`` (DCNv2's formula: the sum over Ω of each image, averaged over images) or
             ``"mean"`` (the mean over all of Ω).
+        start: the fraction of the training iterations that runs without the branch, in [0, 1). DCNv2 mimics
+            from the first step (0), but it fine-tunes an ImageNet-trained net whose RoI features already tell
+            classes apart; a net trained from scratch first has to learn that, and the cosine term, pulling
+            each RoI's feature towards that of its crop, pulls as hard towards features that are the same for
+            every RoI (the README's capstone section has the measurements). The training engine tells the
+            model where it is (:meth:`~dcn_lessons.detection.model.DeformableFasterRCNN.set_iteration`); a model
+            trained by other code mimics from its first step.
     """
 
     enabled: bool
@@ -279,6 +286,7 @@ class MimicConfig:
     mimic_weight: float
     cls_weight: float
     reduction: str
+    start: float
 
     def __post_init__(self) -> None:
         _need(self.rois_per_image >= 1, "rois_per_image", "expected an int >= 1")
@@ -288,6 +296,7 @@ class MimicConfig:
         for k in ("mimic_weight", "cls_weight"):
             _need(self.__getattribute__(k) >= 0, k, "expected a number >= 0")
         _need(self.reduction in REDUCTIONS, "reduction", f"expected one of {REDUCTIONS}")
+        _need(0 <= self.start < 1, "start", "expected a fraction of the training in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ with the papers' recipe: SGD with momentum and weight decay, a linear warm-up, t
 fixed fractions of training (DCNv1 §4 / DCNv2 §4: 2/3 and 8/9 for COCO), offset branches at a multiple of the
 base rate (:func:`dcn_lessons.ops.offset_param_groups`).
 
-**One step** (:func:`train`'s loop): wait for the next batch (timed: *data wait*), run the model under
+**One step** (:func:`train`'s loop): wait for the next batch (timed: *data wait*), tell the model which step
+this is when it has a ``set_iteration(iteration, iterations)`` method (the detector's mimic branch starts at a
+fraction of training), run the model under
 ``torch.autocast`` (mixed precision only on CUDA, ``amp = true``), average the loss terms over the processes, stop
 if any is not finite, backward through ``torch.amp.GradScaler`` (a no-op without AMP), clip the gradient norm if
 asked, step optimizer, scaler and scheduler. Every ``log_every`` steps a line goes to ``metrics.jsonl``; every
@@ -575,7 +577,9 @@ def train(
         config: the whole experiment's settings (JSON-able), saved in the checkpoint so that evaluation and
             prediction can rebuild the model; a resume checks it is unchanged.
         evaluate: ``evaluate(model, iteration) -> summary dict`` (e.g. AP), called on every rank every
-            ``cfg.eval_every`` steps and at the end; the model is put back in train mode afterwards.
+            ``cfg.eval_every`` steps and at the end; the model is put back in train mode afterwards. A resumed
+            run that had finished its steps is evaluated when ``metrics.jsonl`` holds no evaluation of its last
+            step (it was trained without one, or stopped before it was written).
         progress: a tqdm bar on rank 0 (loss terms, learning rate, images/s, data wait).
         collate: batches items into something with ``images``, ``targets`` and ``.to(device)``
             (:func:`~dcn_lessons.detection.coco.collate_detection`).
@@ -646,6 +650,24 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         metrics_file = open(metrics_path, "a", encoding="utf-8")
     batches = iter(loader)
+    # a finished run resumed without its final evaluation on record (trained with no evaluation, or killed after
+    # the last checkpoint and before its evaluation line): evaluate it now
+    evaluate_now = evaluate is not None and start >= cfg.iterations
+    if evaluate_now:
+        on_record = info.is_main and any(r.get("iteration") == start and "eval" in r
+                                         for r in read_metrics(metrics_path))
+        evaluate_now = not D.broadcast_object(on_record, info)  # every rank takes part in an evaluation
+
+    def run_evaluation(at: int) -> dict:
+        result = evaluate(net, at)
+        net.train()
+        if metrics_file is not None:
+            shown = {k: v for k, v in result.items() if k != "table"}
+            metrics_file.write(json.dumps({"iteration": at, "eval": shown}) + "\n")
+            metrics_file.flush()
+        return result
+
+    set_iteration = getattr(model, "set_iteration", None)  # a schedule inside the model (the mimic branch's start)
     net.train()
     iteration = start
     try:
@@ -653,6 +675,8 @@ def train(
             t0 = time.perf_counter()
             batch = next(batches).to(device, non_blocking=True)
             t_data = time.perf_counter() - t0
+            if set_iteration is not None:
+                set_iteration(iteration, cfg.iterations)
             with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp):
                 losses = _check_losses(net(batch.images, batch.targets))
             total = sum(losses.values())
@@ -690,18 +714,15 @@ def train(
             due_eval = evaluate is not None and (iteration == cfg.iterations or
                                                  (cfg.eval_every and iteration % cfg.eval_every == 0))
             if due_eval:
-                evaluation = evaluate(net, iteration)
-                net.train()
-                if metrics_file is not None:
-                    shown = {k: v for k, v in evaluation.items() if k != "table"}
-                    metrics_file.write(json.dumps({"iteration": iteration, "eval": shown}) + "\n")
-                    metrics_file.flush()
+                evaluation = run_evaluation(iteration)
             if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
                 rngs = D.all_gather_objects(rng_state(), info)
                 if info.is_main:
                     save_checkpoint(ckpt_path, _state(model, optimizer, scheduler, scaler, iteration, rngs, cfg,
                                                       config, info.world_size, train_time, images_seen, n))
                 last_ckpt = iteration
+        if evaluate_now:
+            evaluation = run_evaluation(iteration)
     finally:
         if bar is not None:
             bar.close()

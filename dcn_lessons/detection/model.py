@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from dcn_lessons.detection.config import BackboneConfig, DetectorConfig, load_config
 from dcn_lessons.detection.inputs import check_inputs, normalize_images
-from dcn_lessons.detection.mimic import MimicBranch
+from dcn_lessons.detection.mimic import MimicBranch, Omega
 from dcn_lessons.detection.roi_head import RoIHead, boxes_to_rois
 from dcn_lessons.detection.rpn import RegionProposalNetwork
 from dcn_lessons.detection.sampling import pad_targets
@@ -128,6 +128,28 @@ class DeformableFasterRCNN(nn.Module):
         self.rpn = RegionProposalNetwork(self.backbone.out_channels["conv4"], cfg.rpn, stride)
         self.roi_head = RoIHead(self.backbone.out_channels["conv5"], num_classes, cfg.roi_head, stride)
         self.mimic = MimicBranch(num_classes, cfg.roi_head.fc_channels, cfg.mimic) if cfg.mimic.enabled else None
+        self._iteration: Optional[tuple[int, int]] = None
+
+    def set_iteration(self, iteration: int, iterations: int) -> None:
+        """Tell the model that the next training step is step ``iteration`` (from 0) of ``iterations``; the
+        training engine calls it before every step. The mimic branch runs from step
+        ``round(cfg.mimic.start · iterations)`` on (:class:`~dcn_lessons.detection.config.MimicConfig`); before,
+        its losses are zeros that still touch each of its parameters (so DistributedDataParallel sees one graph).
+        Never called (another training loop): the branch runs at every step."""
+        if not (isinstance(iteration, int) and isinstance(iterations, int) and 0 <= iteration and iterations >= 1):
+            raise ValueError(f"iteration, iterations: expected ints with 0 <= iteration and iterations >= 1, got "
+                             f"{iteration!r}, {iterations!r}")
+        self._iteration = (iteration, iterations)
+
+    @property
+    def mimic_active(self) -> bool:
+        """Whether a training step now runs the mimic branch (:meth:`set_iteration`)."""
+        if self.mimic is None:
+            return False
+        if self._iteration is None:
+            return True
+        step, total = self._iteration
+        return step >= round(self.cfg.mimic.start * total)
 
     def forward(self, images: Tensor, targets_or_sizes: Any) -> Union[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Training: ``(images [B, 3, H, W], targets)`` -> weighted losses; eval: ``(images, sizes [B, 2])`` ->
@@ -147,8 +169,10 @@ class DeformableFasterRCNN(nn.Module):
         proposals = self.rpn(feats["conv4"], sizes, gt)
         sample = self.roi_head.sample(proposals.boxes, proposals.valid, gt)
         rois = boxes_to_rois(sample.boxes)  # [B·N, 5]
-        omega = None if self.mimic is None else \
-            self.mimic.select(proposals.boxes, proposals.valid, sample.proposal_matches, gt)
+        omega = None
+        if self.mimic is not None:
+            omega = self.mimic.select(proposals.boxes, proposals.valid, sample.proposal_matches, gt) \
+                if self.mimic_active else Omega(rois.new_zeros((0, 5)), gt.labels.new_zeros((0,)))
         if omega is not None:
             rois = torch.cat((rois, omega.rois), dim=0)  # f_FRCNN of Ω from the same pooling call
         features = self.roi_head.box_features(conv5, rois)
