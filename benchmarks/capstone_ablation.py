@@ -39,7 +39,10 @@ def main(argv: list[str]) -> int:
         if code:
             return code
     runs = Path(argv[argv.index("--runs") + 1]) if "--runs" in argv else Path("runs/ablation")
-    reused = sorted(runs.glob("*/seed*/result.json"))
+    # a run folder already there (finished, or with a checkpoint to resume) means this invocation's wall time does
+    # not cover all the training
+    reused = sorted({p.parent for pattern in ("*/seed*/result.json", "*/seed*/checkpoint.pt")
+                     for p in runs.glob(pattern)})
     partial = [flag for flag in ("--configs", "--seeds", "--iterations", "--batch-size") if flag in argv]
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -48,8 +51,8 @@ def main(argv: list[str]) -> int:
     if code == 0:
         md = results / "ablation.md"
         if partial or reused:
-            verdict = (f"not judged (options changed: {' '.join(partial) or 'none'}; finished runs already under "
-                       f"{runs}: {len(reused)})")
+            verdict = (f"not judged (options changed: {' '.join(partial) or 'none'}; runs already under {runs}, "
+                       f"finished or to resume: {len(reused)})")
         else:
             verdict = "met" if wall <= 7200 else "NOT met"
         note = (f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
