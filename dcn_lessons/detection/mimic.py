@@ -25,7 +25,10 @@ target. Per training image:
    cross-entropy of an extra, unshared (C+1)-way classifier ``rcnn_cls`` on f_RCNN(b), averaged over Ω, with b's
    class (0 for background boxes of the ``"fg_bg"``/``"bg"`` options). Both weighted 0.1.
 
-The branch does not run in eval mode, so inference costs and outputs are those of the model without it.
+The branch does not run in eval mode, so inference costs and outputs are those of the model without it. In
+training it runs from step ``round(start · iterations)`` on (``[mimic] start``: 0 in DCNv2 and the ``coco/``
+configs, a third in the CPU configs, which train from scratch; before it, Ω is empty and the losses are zeros:
+:meth:`~dcn_lessons.detection.model.DeformableFasterRCNN.set_iteration`).
 With ``norm = "bn"`` the crops are normalised by their own batch statistics but leave the running statistics
 alone (they would otherwise mix crop statistics into those used at inference).
 """
