@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,3 +247,36 @@ def test_ablate_writes_the_tables_and_does_not_train_a_finished_run_again(world,
     capsys.readouterr()
     assert main(argv) == 0
     assert done.stat().st_mtime_ns == stamp and "train tiny_regular" not in capsys.readouterr().out
+
+
+def test_the_offsets_script_measures_every_deformable_layer_of_the_runs(world, tmp_path, capsys):
+    """benchmarks/capstone_offsets.py on tiny runs: one row per deformable layer with its learning-rate multiplier,
+    a mask column for the modulated ones, plain runs skipped; a folder with no deformable run is an error."""
+    import importlib.util
+
+    from dcn_lessons.detection.cli import load_run
+    from dcn_lessons.ops.layers import DeformConv2dPack, ModulatedDeformConv2dPack
+
+    spec = importlib.util.spec_from_file_location("capstone_offsets", REPO / "benchmarks" / "capstone_offsets.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = tmp_path / "runs"
+    for config in ("regular", "dcnv2"):
+        assert main(_train_argv(world, config, runs / config / "seed0", 1, "--no-eval")) == 0
+    assert script.main(["--runs", str(runs), "--images", "2", "--results", str(tmp_path)]) == 0
+    rows = [r.split(" | ") for r in (tmp_path / "capstone_offsets.md").read_text().splitlines()
+            if r.startswith("| dcnv2 |")]
+    model, _ = load_run(str(runs / "dcnv2" / "seed0"))
+    convs = [n for n, m in model.named_modules() if isinstance(m, DeformConv2dPack)]
+    assert all(isinstance(m, ModulatedDeformConv2dPack) for n, m in model.named_modules() if n in convs)
+    assert [r[1].strip("`") for r in rows] == convs + ["roi_head.pool"]
+    for r in rows:
+        mult, offset, mask = float(r[2]), float(r[3]), r[4]
+        assert mult == 0.1 and 0 <= offset < 0.1  # one step from zero
+        assert (mask == "–") == (r[1] == "`roi_head.pool`")
+        if mask != "–":
+            assert abs(float(mask) - 0.5) < 0.05
+    assert "| regular |" not in (tmp_path / "capstone_offsets.md").read_text()
+    shutil.copytree(runs / "regular", tmp_path / "plain" / "regular")
+    assert script.main(["--runs", str(tmp_path / "plain"), "--results", str(tmp_path / "none")]) == 1
+    assert "no deformable run" in capsys.readouterr().err
