@@ -579,7 +579,7 @@ def train(
         evaluate: ``evaluate(model, iteration) -> summary dict`` (e.g. AP), called on every rank every
             ``cfg.eval_every`` steps and at the end; the model is put back in train mode afterwards. A resumed
             run that had finished its steps is evaluated when ``metrics.jsonl`` holds no evaluation of its last
-            step (it was trained without one, or stopped before it was written).
+            step (it was trained without evaluation).
         progress: a tqdm bar on rank 0 (loss terms, learning rate, images/s, data wait).
         collate: batches items into something with ``images``, ``targets`` and ``.to(device)``
             (:func:`~dcn_lessons.detection.coco.collate_detection`).
@@ -650,8 +650,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         metrics_file = open(metrics_path, "a", encoding="utf-8")
     batches = iter(loader)
-    # a finished run resumed without its final evaluation on record (trained with no evaluation, or killed after
-    # the last checkpoint and before its evaluation line): evaluate it now
+    # a finished run resumed without an evaluation of its last step on record (it was trained without one, e.g.
+    # --no-eval; the final checkpoint is written after the final evaluation, so a kill cannot cause it): evaluate
     evaluate_now = evaluate is not None and start >= cfg.iterations
     if evaluate_now:
         on_record = info.is_main and any(r.get("iteration") == start and "eval" in r
