@@ -21,59 +21,51 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-def offset_magnitudes(checkpoint: Path, images: int) -> dict[str, float]:
-    """``{layer: mean |Δ|}`` (and ``{layer + " mask": mean mask}``) of one trained run, on ``images`` val images."""
+def offset_magnitudes(model, cfg, images: int) -> dict[str, float]:
+    """``{layer: mean |Δ|}`` (and ``{layer + " mask": mean mask}``) of a trained detector on ``images`` val images.
+    Each deformable layer's input is caught with a forward hook and passed again through the layer's own
+    ``offset_and_mask`` (conv) or :func:`~dcn_lessons.analysis.sampling.roi_pack_offsets` (RoI pooling)."""
     import torch
 
+    from dcn_lessons.analysis.sampling import roi_pack_offsets
     from dcn_lessons.detection import collate_detection
-    from dcn_lessons.detection.cli import eval_dataset, load_run
-    from dcn_lessons.detection.config import config_from_dict
+    from dcn_lessons.detection.cli import eval_dataset
     from dcn_lessons.ops.layers import DeformConv2dPack
     from dcn_lessons.ops.roi_layers import DeformRoIPoolPack
 
-    model, state = load_run(str(checkpoint))
-    ds = eval_dataset(config_from_dict(state["config"]["detector"]), None, None, "warn", length=images)
+    ds = eval_dataset(cfg, None, None, "warn", length=images)
     batch = collate_detection([ds[i] for i in range(min(images, len(ds)))])
-    sums: dict[str, list[float]] = defaultdict(list)
-
-    def conv_hook(name: str, layer: DeformConv2dPack):
-        split = 2 * layer.offset_groups * layer.kernel_size[0] * layer.kernel_size[1]
-
-        def hook(_module, _inputs, out):
-            sums[name].append(out[:, :split].abs().mean().item())
-            if out.shape[1] > split:  # modulated: the mask logits follow the offsets
-                sums[name + " mask"].append(torch.sigmoid(out[:, split:]).mean().item())
-        return hook
-
-    def roi_hook(name: str, gamma: float):
-        def hook(_module, _inputs, out):
-            sums[name].append((gamma * out).abs().mean().item())
-        return hook
-
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, DeformConv2dPack):  # ModulatedDeformConv2dPack is one too
-            handles.append(m.conv_offset.register_forward_hook(conv_hook(name, m)))
-        elif isinstance(m, DeformRoIPoolPack):
-            handles.append(m.offset_fc.register_forward_hook(roi_hook(name, m.gamma)))
+    inputs: dict[str, tuple] = {}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (DeformConv2dPack, DeformRoIPoolPack))}
+    handles = [m.register_forward_hook(lambda mod, args, out, name=n: inputs.__setitem__(name, args))
+               for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            model(batch.images, batch.sizes)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
     with torch.no_grad():
-        model(batch.images, batch.sizes)
-    for h in handles:
-        h.remove()
-    return {k: statistics.fmean(v) for k, v in sums.items()}
+        for name, layer in layers.items():
+            if isinstance(layer, DeformConv2dPack):  # ModulatedDeformConv2dPack is one too
+                offset, mask = layer.offset_and_mask(inputs[name][0])
+            else:
+                offset, _ = roi_pack_offsets(layer, *inputs[name])
+                offset, mask = layer.gamma * offset, None
+            out[name] = offset.abs().mean().item()
+            if mask is not None:
+                out[name + " mask"] = mask.mean().item()
+    return out
 
 
-def multipliers(checkpoint: Path) -> dict[str, float]:
+def multipliers(model) -> dict[str, float]:
     """``{layer: lr_mult}`` of the offset branches, from the model's optimizer groups."""
-    from dcn_lessons.detection.cli import load_run
-
-    model, _ = load_run(str(checkpoint))
     out = {}
     for g in model.param_groups(1.0):
         for n in g["param_names"]:
@@ -81,6 +73,15 @@ def multipliers(checkpoint: Path) -> dict[str, float]:
                 if branch in n:
                     out[n.split(branch)[0]] = g["lr_mult"]
     return out
+
+
+def measure(checkpoint: Path, images: int) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`offset_magnitudes` and :func:`multipliers` of the run in ``checkpoint``."""
+    from dcn_lessons.detection.cli import load_run
+    from dcn_lessons.detection.config import config_from_dict
+
+    model, state = load_run(str(checkpoint))
+    return offset_magnitudes(model, config_from_dict(state["config"]["detector"]), images), multipliers(model)
 
 
 def main(argv: list[str]) -> int:
@@ -102,11 +103,11 @@ def main(argv: list[str]) -> int:
         ckpts = sorted(config_dir.glob("seed*/checkpoint.pt"))
         if not ckpts:
             continue
-        per_seed = [offset_magnitudes(c, args.images) for c in ckpts]
+        measured = [measure(c, args.images) for c in ckpts]
+        per_seed, mult = [m for m, _ in measured], measured[0][1]
         if not per_seed[0]:
             continue  # a plain config
         found = True
-        mult = multipliers(ckpts[0])
         for layer in [k for k in per_seed[0] if not k.endswith(" mask")]:
             off = statistics.fmean(s[layer] for s in per_seed)
             mask = [s[layer + " mask"] for s in per_seed if layer + " mask" in s]

@@ -334,14 +334,10 @@ def sampling_locations(layer: nn.Module, features: Tensor) -> LayerSamples:
         features = features[None]
     if features.ndim != 4 or features.shape[0] != 1:
         raise ValueError(f"features: expected [C, H, W] or [1, C, H, W], got {list(features.shape)}")
-    out = layer.conv_offset(features.to(layer.conv_offset.weight.dtype))
+    off, m = layer.offset_and_mask(features.to(layer.conv_offset.weight.dtype))
     kk = layer.kernel_size[0] * layer.kernel_size[1]
-    split = 2 * layer.offset_groups * kk
-    offset = out[:, :split].double().numpy()
-    mask = None
-    if isinstance(layer, ModulatedDeformConv2dPack):
-        m = torch.sigmoid(out[:, split:]).double().numpy()
-        mask = m.reshape(layer.offset_groups, kk, *m.shape[2:])
+    offset = off.double().numpy()
+    mask = None if m is None else m.double().numpy().reshape(layer.offset_groups, kk, *m.shape[2:])
     py, px = deform_sampling_positions(offset, layer.kernel_size, layer.stride, layer.padding, layer.dilation)
     return LayerSamples(py[0], px[0], mask)
 

@@ -59,6 +59,16 @@ def test_conv_offset_shape_and_zero_init() -> None:
         assert (c.kernel_size, c.stride, c.padding, c.dilation) == (layer.kernel_size, layer.stride,
                                                                     layer.padding, layer.dilation)
         assert torch.count_nonzero(c.weight) == 0 and torch.count_nonzero(c.bias) == 0
+    # offset_and_mask splits the branch's channels: offsets first (2·G·kh·kw), then the mask logits (G·kh·kw)
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 7)
+    for layer in (v1, v2):
+        nn.init.normal_(layer.conv_offset.weight)
+    out = v2.conv_offset(x)
+    offset, mask = v2.offset_and_mask(x)
+    assert torch.equal(offset, out[:, :24]) and torch.equal(mask, torch.sigmoid(out[:, 24:])) and mask.shape[1] == 12
+    offset, mask = v1.offset_and_mask(x)
+    assert torch.equal(offset, v1.conv_offset(x)) and mask is None and offset.shape[1] == 24
 
 
 def test_deform_conv2d_module_matches_functional_and_torchvision_init() -> None:

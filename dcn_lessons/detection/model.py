@@ -170,10 +170,9 @@ class DeformableFasterRCNN(nn.Module):
         sample = self.roi_head.sample(proposals.boxes, proposals.valid, gt)
         rois = boxes_to_rois(sample.boxes)  # [B·N, 5]
         omega = None
-        if self.mimic is not None:
+        if self.mimic is not None:  # before the branch's start, an empty Ω: zero losses, nothing cropped
             omega = self.mimic.select(proposals.boxes, proposals.valid, sample.proposal_matches, gt) \
                 if self.mimic_active else Omega(rois.new_zeros((0, 5)), gt.labels.new_zeros((0,)))
-        if omega is not None:
             rois = torch.cat((rois, omega.rois), dim=0)  # f_FRCNN of Ω from the same pooling call
         features = self.roi_head.box_features(conv5, rois)
         k = sample.boxes.shape[0] * sample.boxes.shape[1]

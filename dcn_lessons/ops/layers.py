@@ -165,9 +165,14 @@ class DeformConv2dPack(DeformConv2d):
         assert self.conv_offset.bias is not None
         nn.init.zeros_(self.conv_offset.bias)
 
+    def offset_and_mask(self, input: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """What the branch predicts for ``input [N, C, H, W]``: offsets ``[N, 2·G·kh·kw, Ho, Wo]`` (layout of
+        :class:`DeformConv2d`) and the mask ``[N, G·kh·kw, Ho, Wo]``, or None for an unmodulated layer."""
+        return self.conv_offset(input), None
+
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         """``[N, C, H, W]`` -> ``[N, O, Ho, Wo]``."""
-        offset = self.conv_offset(input)
+        offset, _ = self.offset_and_mask(input)
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
@@ -187,11 +192,15 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     _branch_channels = 3
 
-    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
-        """``[N, C, H, W]`` -> ``[N, O, Ho, Wo]``."""
+    def offset_and_mask(self, input: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Offsets ``[N, 2·G·kh·kw, Ho, Wo]`` and mask ``sigmoid(...)`` ``[N, G·kh·kw, Ho, Wo]`` for ``input``."""
         out = self.conv_offset(input)
         split = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        offset, mask = out[:, :split], torch.sigmoid(out[:, split:])
+        return out[:, :split], torch.sigmoid(out[:, split:])
+
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        """``[N, C, H, W]`` -> ``[N, O, Ho, Wo]``."""
+        offset, mask = self.offset_and_mask(input)
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 
